@@ -1,0 +1,320 @@
+"""The ``pgmedic`` command, in the VM agent's grammar: ``ACTION CLASS [NAME] [ATTR=VALUE …]``.
+
+A user's own ``ksysvmmgr -s add app NAME type=POSTGRES instancename=… database=… configfile=…``
+line works with the command name replaced: ``app`` and ``application`` mean ``instance``, and the
+agent's ``-s`` and ``-l N`` flags are accepted.
+
+Exit codes: 0 done / healthy; 1 action failed or instance running but not accepting; 2 usage or
+configuration error; 3 not running; 4 data directory missing or unusable; 5 FAILED (the remediator
+spent its restart budget; ``pgmedic resume instance NAME`` re-arms it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__, actions
+from .config import INSTANCE_KEYS, Config, build_instance, load_config
+from .errors import ConfigError, PgmedicError
+from .instance import Instance
+from .journal import open_journal
+from .store import audit, write_instance_file
+
+CLASSES = ("instance", "app", "application")
+EXIT_USAGE = 2
+EXIT_FAILED = 5
+
+
+class UsageError(PgmedicError):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pgmedic",
+        description="Keep PostgreSQL instances alive: config, start/stop/monitor, exporter, remediator.",
+    )
+    p.add_argument("--config", help="main config file (default $PGMEDIC_CONFIG or /etc/pgmedic/pgmedic.yaml)")
+    p.add_argument("-s", action="store_true", help="accepted for ksysvmmgr compatibility (changes apply at once)")
+    p.add_argument("-l", type=int, choices=range(4), default=1, metavar="{0,1,2,3}", help="log level")
+    p.add_argument("--version", action="version", version=f"pgmedic {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, help_text in (
+        ("add", "add an instance: add instance NAME ATTR=VALUE…"),
+        ("modify", "change attributes: modify instance NAME ATTR=VALUE… (ATTR= removes one)"),
+    ):
+        s = sub.add_parser(name, help=help_text)
+        s.add_argument("cls", metavar="instance")
+        s.add_argument("name")
+        s.add_argument("attrs", nargs="*", metavar="ATTR=VALUE")
+    for name, help_text in (
+        ("delete", "remove an instance written by add"),
+        ("suspend", "maintenance: the remediator takes no action on this instance"),
+        ("resume", "end maintenance or a FAILED state; re-arms the restart budget"),
+    ):
+        s = sub.add_parser(name, help=help_text)
+        s.add_argument("cls", metavar="instance")
+        s.add_argument("name")
+    s = sub.add_parser("query", help="attributes and live state of one or all instances")
+    s.add_argument("cls", metavar="instance")
+    s.add_argument("name", nargs="?")
+    s.add_argument("--json", action="store_true")
+    sub.add_parser("check-config", help="validate the configuration and every instance's XML")
+    for name, help_text in (
+        ("start", "start the instance as its owner (exit 0 started)"),
+        ("stop", "stop: fast, then immediate, then SIGKILL (exit 0 stopped)"),
+        ("monitor", "probe: 0 healthy, 1 not accepting, 3 not running, 4 no data directory, 5 FAILED"),
+    ):
+        s = sub.add_parser(name, help=help_text)
+        s.add_argument("words", nargs="+", metavar="[instance] NAME")
+    s = sub.add_parser("exporter", help="serve Prometheus metrics for every configured instance")
+    s.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:9188)")
+    s = sub.add_parser("remediator", help="serve the Alertmanager webhook that repairs instances")
+    s.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:9189)")
+    return p
+
+
+def _check_class(word: str) -> None:
+    if word.lower() not in CLASSES:
+        raise UsageError(f"unknown class {word!r}: expected instance (or app, application)")
+
+
+def _parse_attrs(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"expected ATTR=VALUE, got {pair!r}")
+        if key not in INSTANCE_KEYS:
+            raise UsageError(f"unknown attribute {key!r} (known: {', '.join(INSTANCE_KEYS)})")
+        if key in out:
+            raise UsageError(f"attribute {key!r} given twice")
+        out[key] = value
+    return out
+
+
+def _instance_file(config: Config, name: str) -> Path:
+    return config.instances_dir / f"{name}.yaml"
+
+
+def _writable_instance(config: Config, name: str) -> Path:
+    """The instances.d file of NAME; instances in the hand-edited main file are not the CLI's to change."""
+    inst = config.instance(name)
+    path = _instance_file(config, name)
+    if Path(inst.source) != path:
+        raise UsageError(f"instance {name!r} is defined in {inst.source}; edit that file by hand")
+    return path
+
+
+def cmd_add(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    attrs = _parse_attrs(args.attrs)
+    if args.name in config.instances:
+        raise UsageError(f"instance {args.name!r} already exists (in {config.instances[args.name].source}); use modify")
+    path = _instance_file(config, args.name)
+    inst = build_instance(args.name, attrs, "command line")
+    write_instance_file(path, inst.attributes(), argv)
+    print(f"added instance {args.name} ({inst.data_directory}) to {path}")
+    return 0
+
+
+def cmd_modify(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    path = _writable_instance(config, args.name)
+    merged: dict[str, Any] = dict(config.instance(args.name).attributes())
+    for key, value in _parse_attrs(args.attrs).items():
+        if value == "":
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    if "configfile" in _parse_attrs(args.attrs) and merged.get("configfile"):
+        merged.pop("data_directory", None)
+    elif "data_directory" in _parse_attrs(args.attrs) and merged.get("data_directory"):
+        merged.pop("configfile", None)
+    inst = build_instance(args.name, merged, "command line")
+    write_instance_file(path, inst.attributes(), argv)
+    print(f"modified instance {args.name} in {path}")
+    return 0
+
+
+def cmd_delete(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    path = _writable_instance(config, args.name)
+    path.unlink()
+    print(f"deleted instance {args.name} ({path})")
+    return 0
+
+
+def cmd_suspend_resume(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    config.instance(args.name)
+    journal = open_journal(config.remediator.state_dir)
+    assert journal is not None
+    who = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.geteuid())
+    changed = journal.set_suspended(args.name, args.command == "suspend", who)
+    verb = "suspended" if args.command == "suspend" else "resumed"
+    print(f"instance {args.name} {verb}" + ("" if changed else " (it already was)"))
+    return 0
+
+
+def describe(config: Config, name: str, live: bool = True) -> dict[str, Any]:
+    """Attributes, live state and the remediator's view of one instance (for query and the status API)."""
+    cfg = config.instance(name)
+    instance = Instance(cfg)
+    out: dict[str, Any] = {"name": name, **cfg.attributes(), "data_directory": cfg.data_directory}
+    out["source"] = cfg.source
+    if live:
+        probe = instance.probe()
+        out["state"] = str(probe.state)
+        out["detail"] = probe.detail
+        if probe.postmaster is not None:
+            out["postmaster_pid"] = probe.postmaster.pid
+            out["postmaster_start_time"] = probe.postmaster.start_time
+            out["pid_file_status"] = probe.pid_file.status if probe.pid_file else None
+    journal = open_journal(config.remediator.state_dir, create=False)
+    if journal is not None:
+        st = journal.state(name)
+        out["remediation"] = "FAILED" if st.failed else ("suspended" if st.suspended else "active")
+        if st.failed:
+            out["failed_reason"] = st.failed_reason
+        last = journal.query(
+            "SELECT action, status, result, updated_at FROM episodes WHERE instance = ? "
+            "ORDER BY updated_at DESC LIMIT 1",
+            (name,),
+        )
+        if last:
+            out["last_action"] = dict(last[0])
+    else:
+        out["remediation"] = "active"
+    return out
+
+
+def cmd_query(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    names = [args.name] if args.name else sorted(config.instances)
+    for name in names:
+        config.instance(name)
+    rows = [describe(config, name) for name in names]
+    if args.json:
+        print(json.dumps(rows if not args.name else rows[0], indent=2, default=str))
+        return 0
+    if not rows:
+        print(f"no instances configured in {config.path} or {config.instances_dir}")
+    for row in rows:
+        for key, value in row.items():
+            if key == "postmaster_start_time":
+                value = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(value))
+            print(f"{key + ':':24}{value}")
+        print()
+    return 0
+
+
+def cmd_check_config(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    names = sorted(config.instances)
+    if not names:
+        print(f"{config.path}: valid, but no instances are configured (add one with `pgmedic add instance …`)")
+    else:
+        print(f"{config.path}: valid, {len(names)} instance(s): {', '.join(names)}")
+    return 0
+
+
+def _action_target(config: Config, words: list[str]) -> Instance:
+    if len(words) == 2:
+        _check_class(words[0])
+        words = words[1:]
+    if len(words) != 1:
+        raise UsageError("expected [instance] NAME")
+    return Instance(config.instance(words[0]))
+
+
+def cmd_action(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    instance = _action_target(config, args.words)
+    if args.command == "monitor":
+        result = actions.monitor(instance)
+        journal = open_journal(config.remediator.state_dir, create=False)
+        st = journal.state(instance.name) if journal else None
+        if st is not None and st.failed:
+            hint = f"after repair run `pgmedic resume instance {instance.name}`"
+            print(f"{instance.name}: FAILED ({st.failed_reason}); {hint}")
+            return EXIT_FAILED
+        print(f"{instance.name}: {result.message}")
+        return result.exit_code
+    result = actions.start(instance) if args.command == "start" else actions.stop(instance)
+    for step in result.steps:
+        logging.info("%s", step)
+    print(f"{instance.name}: {args.command}: {result.message} ({result.duration:.1f}s)")
+    return result.exit_code
+
+
+def cmd_exporter(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from exporter.server import serve
+
+    return serve(config, args.listen)
+
+
+def cmd_remediator(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from remediator.server import serve
+
+    return serve(config, args.listen)
+
+
+COMMANDS = {
+    "add": cmd_add,
+    "modify": cmd_modify,
+    "delete": cmd_delete,
+    "suspend": cmd_suspend_resume,
+    "resume": cmd_suspend_resume,
+    "query": cmd_query,
+    "check-config": cmd_check_config,
+    "start": cmd_action,
+    "stop": cmd_action,
+    "monitor": cmd_action,
+    "exporter": cmd_exporter,
+    "remediator": cmd_remediator,
+}
+AUDITED = ("add", "modify", "delete", "suspend", "resume")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=(logging.WARNING, logging.INFO, logging.INFO, logging.DEBUG)[args.l],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    full_argv = ["pgmedic", *argv]
+    try:
+        if hasattr(args, "cls"):
+            _check_class(args.cls)
+        config = load_config(args.config, required=args.command == "check-config" and bool(args.config))
+        code = COMMANDS[args.command](config, args, full_argv)
+        if args.command in AUDITED:
+            audit(config.audit_log_path, full_argv, "ok")
+        return code
+    except (ConfigError, UsageError) as exc:
+        print(f"pgmedic: {exc}", file=sys.stderr)
+        _audit_failure(args, full_argv, str(exc))
+        return EXIT_USAGE
+    except PgmedicError as exc:
+        print(f"pgmedic: {exc}", file=sys.stderr)
+        _audit_failure(args, full_argv, str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _audit_failure(args: argparse.Namespace, argv: list[str], why: str) -> None:
+    """Refused changes are audited too, when the config can say where the log is."""
+    if args.command not in AUDITED:
+        return
+    with contextlib.suppress(PgmedicError):
+        audit(load_config(args.config).audit_log_path, argv, "refused: " + why.replace("\n", " "))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

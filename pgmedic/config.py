@@ -1,0 +1,371 @@
+"""pgmedic's configuration: one YAML file plus one file per instance in instances.d/ beside it.
+
+The main file (default /etc/pgmedic/pgmedic.yaml, or --config / PGMEDIC_CONFIG) holds the exporter,
+remediator and KSYS settings and any hand-written instances. ``pgmedic add instance`` writes
+instances.d/NAME.yaml instead, so the CLI never rewrites a file an administrator edits by hand.
+Instances use the VM agent's attribute names (type, instancename, database, configfile, scripts).
+
+Every problem raises ConfigError with the file, the key and what is wrong, and nothing is half-loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .durations import parse_duration
+from .errors import ConfigError
+from .ksysxml import data_directory_from_xml
+
+DEFAULT_CONFIG = "/etc/pgmedic/pgmedic.yaml"
+INSTANCES_DIR = "instances.d"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+ACTIONS = ("restart", "start", "stop", "none")
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """One PostgreSQL instance, as the VM agent describes it plus pgmedic's own settings."""
+
+    name: str
+    instancename: str  # OS user owning the data directory; also the default database role
+    database: str
+    data_directory: str
+    source: str  # the file this instance was read from
+    type: str = "POSTGRES"
+    configfile: str | None = None
+    start_script: str | None = None
+    stop_script: str | None = None
+    monitor_script: str | None = None
+    bin_dir: str | None = None
+    port: int | None = None
+    host: str | None = None
+    user: str | None = None
+    log_file: str | None = None
+    start_timeout: float = 60.0
+    stop_timeout: float = 30.0
+    monitor_timeout: float = 5.0
+    max_restart: int = 3
+    restart_window: float = 900.0
+    restart_delay: float = 5.0
+    critical: bool = False
+
+    @property
+    def role(self) -> str:
+        """The database role pgmedic connects as: ``user`` or else the owner's name (initdb's superuser)."""
+        return self.user or self.instancename
+
+    def attributes(self) -> dict[str, Any]:
+        """The attributes as written in a config file (defaults and derived fields left out)."""
+        out: dict[str, Any] = {}
+        defaults = InstanceConfig("", "", "", "", "")
+        for key in INSTANCE_KEYS:
+            value = getattr(self, key)
+            if key == "data_directory" and self.configfile:
+                continue
+            if value is not None and (key in ("type", "instancename", "database") or value != getattr(defaults, key)):
+                out[key] = value
+        return out
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    listen: str = "127.0.0.1:9188"
+    default_scrape_timeout: float = 10.0  # when Prometheus sends no X-Prometheus-Scrape-Timeout-Seconds
+    timeout_margin: float = 0.25
+
+
+@dataclass(frozen=True)
+class RemediatorConfig:
+    listen: str = "127.0.0.1:9189"
+    token_file: str | None = None
+    state_dir: str = "/var/lib/pgmedic"
+    actions: dict[str, str] = field(default_factory=dict)  # alertname -> action, beside the label
+
+
+@dataclass(frozen=True)
+class KsysConfig:
+    command: tuple[str, ...] | None = None
+    webhook: str | None = None
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    instances: dict[str, InstanceConfig]
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    remediator: RemediatorConfig = field(default_factory=RemediatorConfig)
+    ksys: KsysConfig = field(default_factory=KsysConfig)
+    audit_log: str | None = None
+
+    @property
+    def instances_dir(self) -> Path:
+        return Path(self.path).parent / INSTANCES_DIR
+
+    @property
+    def audit_log_path(self) -> str:
+        return self.audit_log or os.path.join(self.remediator.state_dir, "audit.log")
+
+    def instance(self, name: str) -> InstanceConfig:
+        try:
+            return self.instances[name]
+        except KeyError:
+            known = ", ".join(sorted(self.instances)) or "none configured"
+            raise ConfigError(self.path, f"instances.{name}", f"no such instance (known: {known})") from None
+
+
+def config_path(explicit: str | None = None) -> str:
+    """The config file to use: --config, else $PGMEDIC_CONFIG, else /etc/pgmedic/pgmedic.yaml."""
+    return explicit or os.environ.get("PGMEDIC_CONFIG") or DEFAULT_CONFIG
+
+
+# ---- value checkers: each returns the converted value or raises ValueError with what is wrong ----
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _abs_path(value: Any) -> str:
+    text = _str(value)
+    if not text.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {text!r}")
+    return text
+
+
+def _script(value: Any) -> str:
+    path = _abs_path(value)
+    if not os.path.isfile(path):
+        raise ValueError(f"script {path} does not exist")
+    if not os.access(path, os.X_OK):
+        raise ValueError(f"script {path} is not executable (chmod +x)")
+    return path
+
+
+def _dir(value: Any) -> str:
+    path = _abs_path(value)
+    if not os.path.isdir(path):
+        raise ValueError(f"directory {path} does not exist")
+    return path
+
+
+def _int_in(low: int, high: int):
+    def check(value: Any) -> int:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return check
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than zero, got {value!r}")
+    return seconds
+
+
+def _type(value: Any) -> str:
+    if _str(value).upper() != "POSTGRES":
+        raise ValueError(f"must be POSTGRES, got {value!r}")
+    return "POSTGRES"
+
+
+def _owner(value: Any) -> str:
+    name = _str(value)
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"no OS user named {name!r} on this host (the owner of the data directory)") from None
+    return name
+
+
+def _argv(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a command as a list of strings, e.g. [/usr/local/sbin/notify-ksys]")
+    _script(value[0])
+    return tuple(value)
+
+
+def _url(value: Any) -> str:
+    text = _str(value)
+    if not re.match(r"^https?://[^\s/]+", text):
+        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+    return text
+
+
+def _listen(value: Any) -> str:
+    text = _str(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+def _actions(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of alert names to actions")
+    for alert, action in value.items():
+        if action not in ACTIONS:
+            raise ValueError(f"action for {alert!r} must be one of {', '.join(ACTIONS)}, got {action!r}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+INSTANCE_KEYS: dict[str, Any] = {
+    "type": _type,
+    "instancename": _owner,
+    "database": _str,
+    "configfile": _abs_path,
+    "data_directory": _abs_path,
+    "start_script": _script,
+    "stop_script": _script,
+    "monitor_script": _script,
+    "bin_dir": _dir,
+    "port": _int_in(1, 65535),
+    "host": _str,
+    "user": _str,
+    "log_file": _abs_path,
+    "start_timeout": _duration,
+    "stop_timeout": _duration,
+    "monitor_timeout": _duration,
+    "max_restart": _int_in(0, 1000),
+    "restart_window": _duration,
+    "restart_delay": parse_duration,
+    "critical": _bool,
+}
+EXPORTER_KEYS = {"listen": _listen, "default_scrape_timeout": _duration, "timeout_margin": parse_duration}
+REMEDIATOR_KEYS = {"listen": _listen, "token_file": _abs_path, "state_dir": _abs_path, "actions": _actions}
+KSYS_KEYS = {"command": _argv, "webhook": _url, "timeout": _duration}
+TOP_KEYS = ("instances", "exporter", "remediator", "ksys", "audit_log")
+
+
+def _check_section(raw: Any, schema: dict[str, Any], source: str, prefix: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, prefix, "expected a mapping")
+    out = {}
+    for key, value in raw.items():
+        if key not in schema:
+            raise ConfigError(source, f"{prefix}.{key}", f"unknown key (known: {', '.join(schema)})")
+        try:
+            out[key] = schema[key](value)
+        except ValueError as exc:
+            raise ConfigError(source, f"{prefix}.{key}", str(exc)) from None
+    return out
+
+
+def build_instance(name: str, raw: Any, source: str) -> InstanceConfig:
+    """Validate one instance's attributes and resolve its data directory (from the XML if configfile)."""
+    prefix = f"instances.{name}"
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ConfigError(source, prefix, "instance name must be letters, digits, '_', '.', '-' (max 63)")
+    values = _check_section(raw, INSTANCE_KEYS, source, prefix)
+    if not isinstance(raw, dict):
+        raise ConfigError(source, prefix, "expected a mapping of attributes")
+    for required in ("instancename", "database"):
+        if required not in values:
+            raise ConfigError(source, f"{prefix}.{required}", "is required")
+    if ("configfile" in values) == ("data_directory" in values):
+        raise ConfigError(source, f"{prefix}.configfile", "set exactly one of configfile or data_directory")
+    if "configfile" in values:
+        values["data_directory"] = data_directory_from_xml(values["configfile"], values["instancename"])
+    return InstanceConfig(name=name, source=source, **values)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path, *, required: bool) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(str(path), None, "file does not exist") from None
+        return None
+    except PermissionError:
+        raise ConfigError(str(path), None, "file is not readable") from None
+    except IsADirectoryError:
+        raise ConfigError(str(path), None, "is a directory, expected a YAML file") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(str(path), where, f"malformed YAML: {problem}") from None
+
+
+def load_config(path: str | None = None, *, required: bool = False) -> Config:
+    """Load and validate the whole configuration; a missing main file is an empty one unless required."""
+    main = Path(config_path(path))
+    # A main file may be absent when the CLI wrote every instance into instances.d/.
+    raw = _read_yaml(main, required=required and not (main.parent / INSTANCES_DIR).is_dir()) or {}
+    source = str(main)
+    if not isinstance(raw, dict):
+        raise ConfigError(source, None, "expected a mapping at the top level")
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise ConfigError(source, str(key), f"unknown key (known: {', '.join(TOP_KEYS)})")
+    instances: dict[str, InstanceConfig] = {}
+    raw_instances = raw.get("instances") or {}
+    if not isinstance(raw_instances, dict):
+        raise ConfigError(source, "instances", "expected a mapping of instance names to attributes")
+    for name, attrs in raw_instances.items():
+        instances[str(name)] = build_instance(str(name), attrs, source)
+    instances_dir = main.parent / INSTANCES_DIR
+    if instances_dir.is_dir():
+        for file in sorted(instances_dir.glob("*.yaml")):
+            name = file.stem
+            if name in instances:
+                raise ConfigError(
+                    str(file), f"instances.{name}", f"duplicate instance name, also defined in {instances[name].source}"
+                )
+            instances[name] = build_instance(name, _read_yaml(file, required=True), str(file))
+    audit = raw.get("audit_log")
+    if audit is not None:
+        try:
+            audit = _abs_path(audit)
+        except ValueError as exc:
+            raise ConfigError(source, "audit_log", str(exc)) from None
+    return Config(
+        path=source,
+        instances=instances,
+        exporter=ExporterConfig(**_check_section(raw.get("exporter"), EXPORTER_KEYS, source, "exporter")),
+        remediator=RemediatorConfig(**_check_section(raw.get("remediator"), REMEDIATOR_KEYS, source, "remediator")),
+        ksys=KsysConfig(**_check_section(raw.get("ksys"), KSYS_KEYS, source, "ksys")),
+        audit_log=audit,
+    )

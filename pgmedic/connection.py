@@ -1,0 +1,102 @@
+"""Fresh, bounded SQL connections to an instance.
+
+Every probe opens a new connection: a cached one can stay open while every new client is refused,
+which is exactly the failure a health check exists to see. libpq cannot time out a connection in
+less than 2 s, so callers that need a hard deadline run the attempt through ``call_with_deadline``,
+which abandons (never blocks on) an attempt stuck on a frozen postmaster; libpq's own
+``connect_timeout`` then closes it shortly after.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import psycopg
+
+if TYPE_CHECKING:
+    from .config import InstanceConfig
+    from .pidfile import PidFile
+
+T = TypeVar("T")
+APPLICATION_NAME = "pgmedic"
+DEFAULT_SOCKET_DIR = "/var/run/postgresql"
+
+# Server answers that mean "alive, but not letting clients in right now".
+_REJECTING_SQLSTATES = {"57P03": "starting, stopping or in recovery", "53300": "connection slots exhausted"}
+_REJECTING_TEXTS = (
+    ("starting up", "starting up"),
+    ("shutting down", "shutting down"),
+    ("in recovery mode", "in crash recovery"),
+    ("not yet accepting connections", "recovering, not yet accepting connections"),
+    ("too many clients", "connection slots exhausted"),
+    ("connection slots are reserved", "connection slots exhausted"),
+)
+
+
+def connect_kwargs(cfg: InstanceConfig, pid_file: PidFile | None, timeout: float) -> dict[str, object]:
+    """libpq parameters for a probe: where the running postmaster says it listens, else the config."""
+    host = cfg.host
+    if host is None and pid_file is not None:
+        host = pid_file.socket_directory or (
+            pid_file.listen_address if pid_file.listen_address not in (None, "*", "0.0.0.0", "::") else None
+        )
+    port = (pid_file.port if pid_file is not None and pid_file.port else None) or cfg.port or 5432
+    ms = max(1, int(timeout * 1000))
+    return {
+        "host": host or DEFAULT_SOCKET_DIR,
+        "port": port,
+        "dbname": cfg.database,
+        "user": cfg.role,
+        "application_name": APPLICATION_NAME,
+        "connect_timeout": max(2, math.ceil(timeout)),
+        "options": f"-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={ms * 2}",
+        "autocommit": True,
+    }
+
+
+def connect(cfg: InstanceConfig, pid_file: PidFile | None, timeout: float) -> psycopg.Connection:
+    """Open a new autocommit connection with connect, statement and lock timeouts set."""
+    return psycopg.connect(**connect_kwargs(cfg, pid_file, timeout))
+
+
+def call_with_deadline(fn: Callable[[], T], timeout: float, name: str = "pgmedic-deadline") -> T:
+    """Run FN in a daemon thread and return its result, or raise TimeoutError after TIMEOUT seconds."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    thread.join(max(0.0, timeout))
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {timeout:.1f}s")
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]  # type: ignore[return-value]
+
+
+def rejecting_reason(exc: BaseException) -> str | None:
+    """If EXC is the server refusing connections for now (starting, recovering, full), say why."""
+    state = getattr(exc, "sqlstate", None)
+    if state in _REJECTING_SQLSTATES:
+        return _REJECTING_SQLSTATES[state]
+    text = str(exc)
+    for needle, reason in _REJECTING_TEXTS:
+        if needle in text:
+            return reason
+    return None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (libpq's are multi-line)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

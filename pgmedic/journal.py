@@ -1,0 +1,187 @@
+"""The journal: pgmedic's durable memory, one SQLite database (WAL mode) in the state directory.
+
+It holds every notification, decision, action, result and KSYS delivery as an append-only event
+timeline, plus the small amount of state the remediator and the CLI share: which instances are
+suspended or FAILED, which failure episodes were already acted on, and which KSYS deliveries are
+still owed. SQLite serialises writers across threads and processes, so the CLI and a running
+remediator can both write; ``synchronous=FULL`` makes a commit survive a crash or power loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+JOURNAL_FILE = "journal.sqlite"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    instance TEXT,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_instance ON events (instance, id);
+CREATE TABLE IF NOT EXISTS episodes (
+    key TEXT PRIMARY KEY,             -- alert fingerprint + startsAt: one failure episode
+    instance TEXT,
+    alertname TEXT,
+    action TEXT NOT NULL,
+    status TEXT NOT NULL,             -- pending, running, done, skipped, failed
+    starts_at REAL,
+    received_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS episodes_status ON episodes (status);
+CREATE TABLE IF NOT EXISTS instance_state (
+    instance TEXT PRIMARY KEY,
+    suspended INTEGER NOT NULL DEFAULT 0,
+    failed_at REAL,
+    failed_reason TEXT,
+    armed_at REAL NOT NULL DEFAULT 0  -- restarts before this time no longer count against the budget
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    notifier TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    delivered_at REAL,
+    last_error TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    instance: str
+    suspended: bool = False
+    failed_at: float | None = None
+    failed_reason: str | None = None
+    armed_at: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.failed_at is not None
+
+
+class Journal:
+    """A handle on the journal; cheap to create, safe to share between threads."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, JOURNAL_FILE)
+        os.makedirs(state_dir, mode=0o750, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An immediate (write-locked) transaction, committed on success, rolled back on error."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        db = self._connect()
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+    # ---- events ---------------------------------------------------------------------------------
+    @staticmethod
+    def add_event(db: sqlite3.Connection, instance: str | None, kind: str, **detail: Any) -> int:
+        """Append one event inside an open transaction; returns its id."""
+        cur = db.execute(
+            "INSERT INTO events (ts, instance, kind, detail) VALUES (?, ?, ?, ?)",
+            (time.time(), instance, kind, json.dumps(detail, sort_keys=True, default=str)),
+        )
+        return int(cur.lastrowid or 0)
+
+    def event(self, instance: str | None, kind: str, **detail: Any) -> int:
+        with self.transaction() as db:
+            return self.add_event(db, instance, kind, **detail)
+
+    def events(self, since_id: int = 0, instance: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM events WHERE id > ?"
+        args: list[Any] = [since_id]
+        if instance is not None:
+            sql += " AND instance = ?"
+            args.append(instance)
+        rows = self.query(sql + " ORDER BY id LIMIT ?", (*args, limit))
+        return [
+            {"id": r["id"], "ts": r["ts"], "instance": r["instance"], "kind": r["kind"], **json.loads(r["detail"])}
+            for r in rows
+        ]
+
+    # ---- instance state -------------------------------------------------------------------------
+    def state(self, instance: str) -> InstanceState:
+        rows = self.query("SELECT * FROM instance_state WHERE instance = ?", (instance,))
+        if not rows:
+            return InstanceState(instance)
+        r = rows[0]
+        return InstanceState(instance, bool(r["suspended"]), r["failed_at"], r["failed_reason"], r["armed_at"])
+
+    @staticmethod
+    def _ensure_state(db: sqlite3.Connection, instance: str) -> None:
+        db.execute("INSERT OR IGNORE INTO instance_state (instance) VALUES (?)", (instance,))
+
+    def set_suspended(self, instance: str, suspended: bool, who: str) -> bool:
+        """Suspend or resume; resume also clears FAILED and re-arms the restart budget. True if it changed."""
+        with self.transaction() as db:
+            self._ensure_state(db, instance)
+            before = db.execute("SELECT * FROM instance_state WHERE instance = ?", (instance,)).fetchone()
+            if suspended:
+                db.execute("UPDATE instance_state SET suspended = 1 WHERE instance = ?", (instance,))
+                self.add_event(db, instance, "suspended", by=who)
+                return not before["suspended"]
+            db.execute(
+                "UPDATE instance_state SET suspended = 0, failed_at = NULL, failed_reason = NULL, armed_at = ? "
+                "WHERE instance = ?",
+                (time.time(), instance),
+            )
+            self.add_event(db, instance, "resumed", by=who, was_failed=before["failed_at"] is not None)
+            return bool(before["suspended"]) or before["failed_at"] is not None
+
+    def set_failed(self, db: sqlite3.Connection, instance: str, reason: str) -> None:
+        self._ensure_state(db, instance)
+        db.execute(
+            "UPDATE instance_state SET failed_at = ?, failed_reason = ? WHERE instance = ?",
+            (time.time(), reason, instance),
+        )
+
+    def clear_failed(self, db: sqlite3.Connection, instance: str) -> None:
+        db.execute(
+            "UPDATE instance_state SET failed_at = NULL, failed_reason = NULL, armed_at = ? WHERE instance = ?",
+            (time.time(), instance),
+        )
+
+
+def open_journal(state_dir: str, *, create: bool = True) -> Journal | None:
+    """The journal in STATE_DIR; with create=False, None when there is none yet (read-only callers)."""
+    if not create and not os.path.exists(os.path.join(state_dir, JOURNAL_FILE)):
+        return None
+    return Journal(state_dir)

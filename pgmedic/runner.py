@@ -1,0 +1,119 @@
+"""Run a command as an instance's owner, without a shell, with a timeout that kills its process group.
+
+PostgreSQL refuses to run as root, so every action runs as the data directory's owner: through
+``runuser`` when pgmedic is root, directly when pgmedic already is that user, and otherwise not at
+all (a clear error). Output goes to a temporary file, not a pipe: a server started in the background
+may keep inherited descriptors open for its whole life, and a pipe would then never reach EOF.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import ActionError
+
+RUNUSER = "/usr/sbin/runuser"
+KILL_GRACE_SECONDS = 2.0
+OUTPUT_LIMIT = 16_384
+
+
+@dataclass(frozen=True)
+class RunResult:
+    argv: tuple[str, ...]
+    returncode: int | None  # None when killed at the timeout
+    output: str
+    duration: float
+
+    @property
+    def timed_out(self) -> bool:
+        return self.returncode is None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def describe(self) -> str:
+        """One line: how it ended and the last line it printed."""
+        how = "timed out" if self.timed_out else f"exit {self.returncode}"
+        last = next((ln for ln in reversed(self.output.strip().splitlines()) if ln.strip()), "")
+        return f"{how} after {self.duration:.1f}s" + (f": {last.strip()}" if last else "")
+
+
+def as_user(argv: Sequence[str], user: str) -> list[str]:
+    """Prefix ARGV so it runs as USER: runuser when root, unchanged when we are USER, else ActionError."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ActionError(f"no OS user named {user!r}") from None
+    euid = os.geteuid()
+    if euid == entry.pw_uid:
+        return list(argv)
+    if euid == 0:
+        runuser = RUNUSER if os.path.exists(RUNUSER) else "runuser"
+        return [runuser, "-u", user, "--", *argv]
+    me = pwd.getpwuid(euid).pw_name
+    raise ActionError(f"pgmedic runs as {me!r}; it must run as root or as the owner {user!r} to act")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    user: str | None = None,
+    cwd: str | None = None,
+) -> RunResult:
+    """Run ARGV (optionally as USER) and wait at most TIMEOUT seconds; then kill its whole process group."""
+    full = as_user(argv, user) if user else list(argv)
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(
+                full,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                cwd=cwd or "/",
+                start_new_session=True,  # its own process group, so a timeout can kill all of it
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise ActionError(f"cannot run {full[0]}: {exc.strerror}") from None
+        try:
+            code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            code = None
+        out.seek(0)
+        text = out.read()[-OUTPUT_LIMIT:].decode(errors="replace")
+    return RunResult(tuple(full), code, text, time.monotonic() - start)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after a grace period; reap the leader."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            # The leader is gone; others in the group may linger: finish them too.
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            break
+    if proc.returncode is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5.0)

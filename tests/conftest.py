@@ -1,0 +1,41 @@
+"""Shared fixtures: real clusters, always torn down (also when a test killed or froze the server)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Cluster, make_temp_dir, make_template, new_cluster
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[Path]:
+    base = make_temp_dir("pgmedic-template-")
+    try:
+        yield make_template(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def make_cluster(pg_template: Path) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def factory(name: str = "main", start: bool = True) -> Cluster:
+        cluster = new_cluster(pg_template, name, start)
+        made.append(cluster)
+        return cluster
+
+    try:
+        yield factory
+    finally:
+        for cluster in made:
+            cluster.destroy()
+
+
+@pytest.fixture
+def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
+    return make_cluster()
