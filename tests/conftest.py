@@ -39,3 +39,14 @@ def make_cluster(pg_template: Path) -> Iterator[Callable[..., Cluster]]:
 @pytest.fixture
 def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
     return make_cluster()
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[list]:
+    """Collects started Services and stops them all at teardown, whatever happened."""
+    started: list = []
+    try:
+        yield started
+    finally:
+        for service in reversed(started):
+            service.stop()

@@ -246,3 +246,70 @@ def pgmedic(cluster: Cluster | None, *args: str, timeout: float = 120, config: P
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     argv = [sys.executable, "-m", "pgmedic", *(["--config", str(cfg)] if cfg else []), *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def write_config(path: Path, clusters: list[Cluster], state_dir: Path, **top: Any) -> Path:
+    """One pgmedic config naming several clusters (each with its own instance attributes)."""
+    doc: dict[str, Any] = {"remediator": {"state_dir": str(state_dir)}}
+    for key, value in top.items():
+        doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
+    doc["instances"] = {c.name: c.instance_attrs() for c in clusters}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@dataclass
+class Service:
+    """A long-running process started by a test (exporter, remediator, Prometheus…), always stopped."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    url: str = ""
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def start_service(name: str, argv: list[str], log_dir: Path, port: int, env: dict[str, str] | None = None) -> Service:
+    """Start ARGV, wait until it listens on 127.0.0.1:PORT (or fail with its log)."""
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+            start_new_session=True,
+        )
+    service = Service(name, proc, log_path, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}: {service.log()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return service
+        time.sleep(0.05)
+    service.stop()
+    raise RuntimeError(f"{name} did not listen on port {port} within 30s: {service.log()}")
+
+
+def pgmedic_service(kind: str, config: Path, log_dir: Path, port: int | None = None) -> Service:
+    """`pgmedic exporter` or `pgmedic remediator` on a free loopback port."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "pgmedic", "--config", str(config), kind, "--listen", f"127.0.0.1:{port}"]
+    return start_service(kind, argv, log_dir, port)

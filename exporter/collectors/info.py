@@ -1,0 +1,18 @@
+"""pg_instance_info: version, data directory and port, from SQL when possible, else from files and config."""
+
+from __future__ import annotations
+
+from ..context import ScrapeContext
+from ..metrics import MetricSet
+
+NAME = "info"
+
+
+def collect(ctx: ScrapeContext, out: MetricSet) -> None:
+    facts = ctx.facts
+    version = (facts.version if facts else None) or str(ctx.instance.major_version() or "unknown")
+    port = (facts.settings.get("port", (None, None))[0] if facts else None) or str(
+        (ctx.pid_file.port if ctx.pid_file else None) or ctx.instance.config.port or 5432
+    )
+    labels = ctx.with_labels(version=version, data_directory=ctx.instance.data_directory, port=port)
+    out.add("pg_instance_info", labels, 1)

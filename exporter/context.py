@@ -1,0 +1,48 @@
+"""What the collectors of one instance share during one scrape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pgmedic.instance import Instance, Postmaster
+from pgmedic.pidfile import PidFile
+
+from .sqlview import SqlFacts
+from .tracker import ProcessTracker, ProcSample
+
+
+@dataclass
+class ScrapeContext:
+    instance: Instance
+    tracker: ProcessTracker
+    pid_file: PidFile | None
+    postmaster: Postmaster | None
+    sql: SqlFacts  # this scrape's SQL visit (up=False with a reason when it could not happen)
+    known: SqlFacts | None  # the last successful visit: settings and version rarely change
+    processes: list[ProcSample] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = {"pg_instance": self.instance.name}
+
+    def with_labels(self, **extra: str) -> dict[str, str]:
+        return {**self.labels, **extra}
+
+    @property
+    def facts(self) -> SqlFacts | None:
+        """This scrape's settings if the SQL visit got them, else the last known ones."""
+        if self.sql.up and "settings" not in self.sql.errors:
+            return self.sql
+        return self.known
+
+    @property
+    def version_num(self) -> int | None:
+        facts = self.facts
+        if facts is not None and facts.version_num:
+            return facts.version_num
+        major = self.instance.major_version()
+        return major * 10000 if major else None
+
+
+class CollectorFailed(Exception):
+    """A collector could not produce its metrics this scrape (the reason is the message)."""

@@ -1,0 +1,117 @@
+"""One scrape of every instance, bounded by Prometheus' scrape timeout.
+
+Per instance: the OS collectors read postmaster.pid and /proc (fast, no SQL); the SQL visit runs in a
+worker thread, started for all instances at once so they wait in parallel. A visit still running
+from an earlier scrape is never doubled (single flight per instance): overlapping scrapes cannot
+pile up connections on a stuck server. Whatever has not answered by the deadline reads as down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from pgmedic import __version__
+from pgmedic.config import Config, InstanceConfig
+from pgmedic.instance import Instance
+
+from . import sqlview
+from .collectors import OS_COLLECTORS, SQL_COLLECTORS
+from .context import CollectorFailed, ScrapeContext
+from .metrics import MetricSet
+from .sqlview import SqlFacts
+from .tracker import ProcessTracker
+
+log = logging.getLogger(__name__)
+
+
+class InstanceScraper:
+    """Everything kept about one instance between scrapes: process tracker, last settings, SQL in flight."""
+
+    def __init__(self, cfg: InstanceConfig) -> None:
+        self.instance = Instance(cfg)
+        self.tracker = ProcessTracker()
+        self.known: SqlFacts | None = None
+        self._in_flight = threading.Lock()
+        self._tracker_lock = threading.Lock()
+
+    def start_sql(self, executor: ThreadPoolExecutor, pid_file, timeout: float) -> Future[SqlFacts] | None:
+        """Start this scrape's SQL visit, unless the previous one is still running (then None)."""
+        if not self._in_flight.acquire(blocking=False):
+            return None
+
+        def visit() -> SqlFacts:
+            try:
+                return sqlview.fetch(self.instance.config, pid_file, timeout)
+            finally:
+                self._in_flight.release()
+
+        try:
+            return executor.submit(visit)
+        except RuntimeError:
+            self._in_flight.release()
+            raise
+
+
+class Exporter:
+    """Holds the scrapers for every configured instance; ``scrape(timeout)`` returns one MetricSet."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.scrapers = [InstanceScraper(cfg) for cfg in config.instances.values()]
+        self.executor = ThreadPoolExecutor(max_workers=max(2, len(self.scrapers) + 1), thread_name_prefix="pgmedic-sql")
+
+    def scrape(self, timeout: float) -> MetricSet:
+        began = time.monotonic()
+        deadline = began + max(0.1, timeout)
+        out = MetricSet()
+        out.add("pgmedic_build_info", {"version": __version__}, 1)
+        plans = []
+        for scraper in self.scrapers:
+            pid_file = scraper.instance.pid_file()
+            postmaster = scraper.instance.postmaster(pid_file)
+            future = None
+            reason = "the postmaster is not running"
+            if postmaster is not None:
+                future = scraper.start_sql(self.executor, pid_file, deadline - time.monotonic())
+                reason = "the previous scrape's SQL visit is still waiting for an answer"
+            plans.append((scraper, pid_file, postmaster, future, reason))
+        for scraper, pid_file, postmaster, future, reason in plans:
+            sql = self._await(future, deadline, reason)
+            if sql.up and "settings" not in sql.errors:
+                scraper.known = sql
+            ctx = ScrapeContext(scraper.instance, scraper.tracker, pid_file, postmaster, sql, scraper.known)
+            with scraper._tracker_lock:  # two concurrent scrapes must not interleave CPU accounting
+                for collector in (*OS_COLLECTORS, *SQL_COLLECTORS):
+                    self._run(collector, ctx, out)
+        return out
+
+    @staticmethod
+    def _await(future: Future[SqlFacts] | None, deadline: float, reason: str) -> SqlFacts:
+        if future is None:
+            return SqlFacts(errors={"connection": reason})
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            return SqlFacts(errors={"connection": "no answer before the scrape timeout"})
+
+    @staticmethod
+    def _run(collector, ctx: ScrapeContext, out: MetricSet) -> None:
+        began = time.monotonic()
+        ok = 1
+        try:
+            collector.collect(ctx, out)
+        except CollectorFailed:
+            ok = 0
+        except Exception:
+            ok = 0
+            log.exception("collector %s failed for %s", collector.NAME, ctx.instance.name)
+        labels = ctx.with_labels(collector=collector.NAME)
+        out.add("pgmedic_collector_success", labels, ok)
+        out.add("pgmedic_collector_duration_seconds", labels, time.monotonic() - began)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,85 @@
+"""HTTP for the exporter: landing page at /, metrics at /metrics, served by waitress on loopback by default.
+
+The scrape deadline is Prometheus' X-Prometheus-Scrape-Timeout-Seconds header minus a margin (or the
+configured default without the header), so a hung instance never makes a scrape run past it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client.exposition import choose_encoder
+
+from pgmedic import __version__
+from pgmedic.config import Config
+
+from .scraper import Exporter
+
+log = logging.getLogger(__name__)
+TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
+
+
+class _Families:
+    """Adapter so prometheus_client's encoders can write a finished MetricSet."""
+
+    def __init__(self, families: Iterable[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Any]:
+        return self._families
+
+
+def scrape_timeout(environ: dict[str, Any], config: Config) -> float:
+    """Seconds this scrape may take: the header (capped by the default) minus the margin."""
+    limit = config.exporter.default_scrape_timeout
+    header = environ.get(TIMEOUT_HEADER)
+    if header:
+        with contextlib.suppress(ValueError):
+            limit = min(limit, float(header)) if float(header) > 0 else limit
+    return max(0.1, limit - config.exporter.timeout_margin)
+
+
+def create_app(config: Config, exporter: Exporter | None = None) -> Callable[..., Iterable[bytes]]:
+    exporter = exporter or Exporter(config)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            began = time.monotonic()
+            metrics = exporter.scrape(scrape_timeout(environ, config))
+            encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+            body = encoder(_Families(metrics))
+            log.debug("scrape took %.3fs", time.monotonic() - began)
+            start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+            return [body]
+        if path == "/":
+            names = "".join(f"<li>{html.escape(n)}</li>" for n in sorted(config.instances)) or "<li>none</li>"
+            body = (
+                f"<html><head><title>pgmedic exporter</title></head><body><h1>pgmedic exporter {__version__}</h1>"
+                f"<p><a href='/metrics'>Metrics</a></p><p>Instances:</p><ul>{names}</ul></body></html>"
+            ).encode()
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [body]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics\n"]
+
+    return app
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def serve(config: Config, listen: str | None = None) -> int:
+    import waitress
+
+    host, port = split_listen(listen or config.exporter.listen)
+    log.warning("pgmedic exporter on http://%s:%d/metrics for %d instance(s)", host, port, len(config.instances))
+    waitress.serve(create_app(config), host=host, port=port, threads=4, ident="pgmedic-exporter", _quiet=True)
+    return 0

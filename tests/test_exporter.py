@@ -1,0 +1,270 @@
+"""The exporter on real clusters over real HTTP: truthful when PostgreSQL is up, dead, hung or full."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pgmedic.config import load_config
+from tests.harness import Cluster, Service, owner, pgmedic_service, write_config
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(service: Service, timeout_header: float | None = None, http_timeout: float = 30) -> tuple[Samples, str]:
+    request = urllib.request.Request(service.url + "/metrics")
+    if timeout_header is not None:
+        request.add_header("X-Prometheus-Scrape-Timeout-Seconds", str(timeout_header))
+    with urllib.request.urlopen(request, timeout=http_timeout) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples, text
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    want = frozenset(labels.items())
+    matches = [v for (n, lbl), v in samples.items() if n == name and want <= lbl]
+    assert len(matches) == 1, f"{name}{labels}: {len(matches)} series"
+    return matches[0]
+
+
+def has(samples: Samples, name: str, **labels: str) -> bool:
+    want = frozenset(labels.items())
+    return any(n == name and want <= lbl for (n, lbl) in samples)
+
+
+@pytest.fixture
+def exporter_for(tmp_path: Path, services: list) -> Callable[..., Service]:
+    def start(*clusters: Cluster) -> Service:
+        cfg = write_config(tmp_path / "pgmedic.yaml", list(clusters), tmp_path / "state")
+        service = pgmedic_service("exporter", cfg, tmp_path)
+        services.append(service)
+        return service
+
+    return start
+
+
+def test_running_instances_every_metric(make_cluster: Callable[..., Cluster], exporter_for) -> None:
+    a, b = make_cluster("alpha"), make_cluster("beta")
+    service = exporter_for(a, b)
+    samples, _ = scrape(service, timeout_header=5)
+    for c in (a, b):
+        name = c.name
+        assert value(samples, "pg_postmaster_up", pg_instance=name) == 1
+        assert value(samples, "pg_up", pg_instance=name) == 1
+        assert value(samples, "pg_postmaster_stale_pid_file", pg_instance=name) == 0
+        assert value(samples, "pg_postmaster_state", pg_instance=name, state="ready") == 1
+        assert value(samples, "pg_postmaster_state", pg_instance=name, state="stopping") == 0
+        start = int((c.data / "postmaster.pid").read_text().split("\n")[2])
+        assert value(samples, "pg_postmaster_start_time_seconds", pg_instance=name) == start
+        for worker in ("logger", "checkpointer", "background_writer", "walwriter", "autovacuum_launcher"):
+            assert value(samples, "pg_background_worker_up", pg_instance=name, worker=worker) == 1
+            assert (
+                abs(value(samples, "pg_background_worker_start_time_seconds", pg_instance=name, worker=worker) - start)
+                < 30
+            )
+        assert not has(samples, "pg_background_worker_up", pg_instance=name, worker="archiver"), "archive_mode is off"
+        assert not has(samples, "pg_background_worker_up", pg_instance=name, worker="stats_collector"), "gone in 15"
+        assert not has(samples, "pg_background_worker_up", pg_instance=name, worker="walreceiver")
+        assert value(samples, "pg_settings_max_connections", pg_instance=name) == 40
+        assert value(samples, "pg_settings_superuser_reserved_connections", pg_instance=name) == 3
+        assert value(samples, "pg_settings_work_mem_bytes", pg_instance=name) == 4 * 1024 * 1024
+        assert value(samples, "pg_settings_maintenance_work_mem_bytes", pg_instance=name) == 64 * 1024 * 1024
+        assert value(samples, "pg_settings_temp_buffers_bytes", pg_instance=name) == 8 * 1024 * 1024
+        assert value(samples, "pg_settings_shared_buffers_bytes", pg_instance=name) == 16 * 1024 * 1024
+        assert value(samples, "pg_processes", pg_instance=name, backend_type="checkpointer") == 1
+        assert value(samples, "pg_processes", pg_instance=name, backend_type="parallel_worker") == 0
+        assert value(samples, "pg_process_memory_bytes", pg_instance=name, backend_type="postmaster", kind="anon") > 0
+        assert has(samples, "pg_process_cpu_seconds_total", pg_instance=name, backend_type="postmaster", mode="user")
+        info = [lbl for (n, lbl) in samples if n == "pg_instance_info" and ("pg_instance", name) in lbl]
+        assert dict(info[0])["version"].startswith("15") and dict(info[0])["data_directory"] == str(c.data)
+        assert dict(info[0])["port"] == str(c.port)
+        for collector in ("postmaster", "processes", "connection", "settings", "activity", "workers", "info"):
+            assert value(samples, "pgmedic_collector_success", pg_instance=name, collector=collector) == 1
+    assert has(samples, "pgmedic_build_info")
+
+
+def test_activity_and_memory_of_real_clients(cluster: Cluster, exporter_for) -> None:
+    service = exporter_for(cluster)
+    dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user={owner()}"
+    with psycopg.connect(dsn) as busy, psycopg.connect(dsn, autocommit=True) as idle:
+        busy.execute("SELECT 1")  # opens a transaction, left idle in transaction
+        busy.execute("SET work_mem = '64MB'")
+        busy.execute("SELECT count(*) FROM (SELECT g FROM generate_series(1, 300000) g ORDER BY g DESC) s").fetchone()
+        idle.execute("SELECT 1")
+        time.sleep(1.1)
+        samples, _ = scrape(service, timeout_header=5)
+        assert (
+            value(
+                samples,
+                "pg_stat_activity_connections",
+                pg_instance="main",
+                datname="postgres",
+                state="idle in transaction",
+            )
+            == 1
+        )
+        assert value(samples, "pg_stat_activity_connections", pg_instance="main", datname="postgres", state="idle") == 1
+        assert (
+            value(samples, "pg_stat_activity_max_tx_duration_seconds", pg_instance="main", state="idle in transaction")
+            >= 1
+        )
+        assert value(samples, "pg_client_connections", pg_instance="main") == 2
+        largest = value(samples, "pg_backend_memory_anon_max_bytes", pg_instance="main")
+        total = value(
+            samples, "pg_process_memory_bytes", pg_instance="main", backend_type="client_backend", kind="anon"
+        )
+        assert 1024 * 1024 < largest <= total, "the sorting backend's private memory shows, shared pages excluded"
+
+
+def test_kill_9_postmaster(cluster: Cluster, exporter_for) -> None:
+    service = exporter_for(cluster)
+    scrape(service, timeout_header=5)
+    os.kill(cluster.postmaster_pid(), signal.SIGKILL)
+    time.sleep(0.3)
+    began = time.monotonic()
+    samples, _ = scrape(service, timeout_header=5)
+    assert time.monotonic() - began < 1.0, "a dead instance answers at once"
+    assert value(samples, "pg_postmaster_up", pg_instance="main") == 0
+    assert value(samples, "pg_postmaster_stale_pid_file", pg_instance="main") == 1
+    assert value(samples, "pg_up", pg_instance="main") == 0
+    assert not has(samples, "pg_postmaster_start_time_seconds", pg_instance="main")
+    for collector in ("connection", "settings", "activity"):
+        assert value(samples, "pgmedic_collector_success", pg_instance="main", collector=collector) == 0
+    assert value(samples, "pgmedic_collector_success", pg_instance="main", collector="postmaster") == 1
+    assert value(samples, "pg_background_worker_up", pg_instance="main", worker="checkpointer") == 0
+    assert value(samples, "pg_background_worker_up", pg_instance="main", worker="logger") == 0, "settings remembered"
+
+
+def test_sigstop_postmaster_scrapes_stay_within_timeout(cluster: Cluster, exporter_for) -> None:
+    service = exporter_for(cluster)
+    scrape(service, timeout_header=5)
+    pid = cluster.postmaster_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(3):
+            began = time.monotonic()
+            samples, _ = scrape(service, timeout_header=2)
+            took = time.monotonic() - began
+            assert took < 2.0, f"scrape took {took:.2f}s with a 2s scrape timeout"
+            assert value(samples, "pg_postmaster_up", pg_instance="main") == 1
+            assert value(samples, "pg_up", pg_instance="main") == 0
+            assert value(samples, "pgmedic_collector_success", pg_instance="main", collector="connection") == 0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_overlapping_scrapes_do_not_pile_up_connections(cluster: Cluster) -> None:
+    """Ten concurrent scrapes of a frozen server: at most one connection attempt is open at a time."""
+    from exporter.scraper import Exporter
+
+    exporter = Exporter(load_config(str(cluster.config_path)))
+    pid = cluster.postmaster_pid()
+
+    def sockets() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        return count
+
+    before = sockets()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        peak = 0
+        threads = [threading.Thread(target=exporter.scrape, args=(1.0,)) for _ in range(10)]
+        for t in threads:
+            t.start()
+            time.sleep(0.02)
+            peak = max(peak, sockets() - before)
+        for t in threads:
+            t.join(10)
+        assert peak <= 1, f"{peak} connection attempts open at once"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        exporter.close()
+
+
+def test_clients_filling_max_connections_are_all_counted(cluster: Cluster, exporter_for) -> None:
+    cluster.psql("CREATE ROLE app LOGIN")
+    service = exporter_for(cluster)
+    dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user=app"
+    usable = 40 - 3
+    clients = [psycopg.connect(dsn) for _ in range(usable)]
+    try:
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(dsn, connect_timeout=5)
+        samples, _ = scrape(service, timeout_header=5)
+        assert usable <= value(samples, "pg_client_connections", pg_instance="main") <= usable + 1
+        assert (
+            value(samples, "pg_stat_activity_connections", pg_instance="main", datname="postgres", state="idle")
+            == usable
+        )
+        assert value(samples, "pg_up", pg_instance="main") == 1, "the owner role still gets a reserved slot"
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_killed_background_worker_shows(cluster: Cluster, exporter_for) -> None:
+    service = exporter_for(cluster)
+    samples, _ = scrape(service, timeout_header=5)
+    old_start = value(samples, "pg_background_worker_start_time_seconds", pg_instance="main", worker="logger")
+    logger = next(
+        int(p)
+        for p in Path(f"/proc/{cluster.postmaster_pid()}/task/{cluster.postmaster_pid()}/children").read_text().split()
+        if "logger" in Path(f"/proc/{p}/cmdline").read_text()
+    )
+    time.sleep(1.1)  # process start times have 10 ms resolution; make the restart visible
+    os.kill(logger, signal.SIGKILL)
+    seen_down = restarted = False
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not restarted:
+        samples, _ = scrape(service, timeout_header=5)
+        up = value(samples, "pg_background_worker_up", pg_instance="main", worker="logger")
+        seen_down |= up == 0
+        if up == 1:
+            restarted = (
+                value(samples, "pg_background_worker_start_time_seconds", pg_instance="main", worker="logger")
+                > old_start
+            )
+        time.sleep(0.05)
+    assert restarted or seen_down
+    assert restarted, "PostgreSQL restarts its logger; the new start time shows"
+
+
+def test_promtool_check_metrics_is_clean(cluster: Cluster, exporter_for) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install -y prometheus (or run `make test`)"
+    service = exporter_for(cluster)
+    _, text = scrape(service, timeout_header=5)
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (
+        result.stdout + result.stderr
+    )
+
+
+def test_landing_page_and_404(cluster: Cluster, exporter_for) -> None:
+    service = exporter_for(cluster)
+    with urllib.request.urlopen(service.url + "/", timeout=10) as r:
+        page = r.read().decode()
+    assert "/metrics" in page and "main" in page
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(service.url + "/nope", timeout=10)
+    assert err.value.code == 404
