@@ -26,6 +26,7 @@ from .sqlview import SqlFacts
 from .tracker import ProcessTracker
 
 log = logging.getLogger(__name__)
+PENDING = SqlFacts(errors={"connection": "not yet answered"})
 
 
 class InstanceScraper:
@@ -36,7 +37,7 @@ class InstanceScraper:
         self.tracker = ProcessTracker()
         self.known: SqlFacts | None = None
         self._in_flight = threading.Lock()
-        self._tracker_lock = threading.Lock()
+        self.tracker_lock = threading.Lock()
 
     def start_sql(self, executor: ThreadPoolExecutor, pid_file, timeout: float) -> Future[SqlFacts] | None:
         """Start this scrape's SQL visit, unless the previous one is still running (then None)."""
@@ -79,14 +80,20 @@ class Exporter:
                 future = scraper.start_sql(self.executor, pid_file, deadline - time.monotonic())
                 reason = "the previous scrape's SQL visit is still waiting for an answer"
             plans.append((scraper, pid_file, postmaster, future, reason))
+        # The OS view runs while the SQL visits are in flight: their waits overlap.
+        contexts = []
         for scraper, pid_file, postmaster, future, reason in plans:
-            sql = self._await(future, deadline, reason)
-            if sql.up and "settings" not in sql.errors:
-                scraper.known = sql
-            ctx = ScrapeContext(scraper.instance, scraper.tracker, pid_file, postmaster, sql, scraper.known)
-            with scraper._tracker_lock:  # two concurrent scrapes must not interleave CPU accounting
-                for collector in (*OS_COLLECTORS, *SQL_COLLECTORS):
+            ctx = ScrapeContext(scraper.instance, scraper.tracker, pid_file, postmaster, PENDING, scraper.known)
+            with scraper.tracker_lock:  # two concurrent scrapes must not interleave CPU accounting
+                for collector in OS_COLLECTORS:
                     self._run(collector, ctx, out)
+            contexts.append((scraper, ctx, future, reason))
+        for scraper, ctx, future, reason in contexts:
+            ctx.sql = self._await(future, deadline, reason)
+            if ctx.sql.up and "settings" not in ctx.sql.errors:
+                scraper.known = ctx.known = ctx.sql
+            for collector in SQL_COLLECTORS:
+                self._run(collector, ctx, out)
         return out
 
     @staticmethod

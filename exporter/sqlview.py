@@ -7,6 +7,7 @@ bound every query on the server side too.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,23 +28,23 @@ SETTINGS = (
     "archive_mode",
     "max_logical_replication_workers",
     "primary_conninfo",
-    "data_directory",
     "port",
 )
-_UNIT_BYTES = {"B": 1, "kB": 1024, "8kB": 8192, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+_UNIT_BYTES = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 
+# One scan of pg_stat_activity gives both the counts and the oldest transaction per state.
 ACTIVITY_SQL = """
-SELECT datname, state, count(*)
+SELECT datname, state, count(*), max(extract(epoch FROM clock_timestamp() - xact_start))
 FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND state IS NOT NULL
 GROUP BY 1, 2
 """
-TX_SQL = """
-SELECT state, max(extract(epoch FROM clock_timestamp() - xact_start))
-FROM pg_stat_activity
-WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND xact_start IS NOT NULL AND state IS NOT NULL
-GROUP BY 1
-"""
+# current_setting() is ten times cheaper than the pg_settings view; it renders values with units.
+SETTINGS_SQL = (
+    "SELECT current_setting('server_version'), current_setting('server_version_num')::int, pg_is_in_recovery(), "
+    + ", ".join(f"current_setting('{name}')" for name in SETTINGS if name != "primary_conninfo")
+)
+_VALUE = re.compile(r"^(-?\d+(?:\.\d+)?)\s*(B|kB|MB|GB|TB)?$")
 
 
 @dataclass
@@ -55,27 +56,26 @@ class SqlFacts:
     version: str | None = None
     version_num: int | None = None
     in_recovery: bool | None = None
-    settings: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
     databases: list[str] = field(default_factory=list)
     activity: list[tuple[str, str, int]] = field(default_factory=list)
     max_tx: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
     def setting_bytes(self, name: str) -> float | None:
-        value, unit = self.settings.get(name, (None, None))
-        if value is None:
-            return None
-        return float(value) * _UNIT_BYTES.get(unit or "B", 1)
+        """A memory setting as rendered by current_setting ("4MB", "16kB") in bytes."""
+        match = _VALUE.match(self.settings.get(name, ""))
+        return float(match.group(1)) * _UNIT_BYTES[match.group(2) or "B"] if match else None
 
     def setting_number(self, name: str) -> float | None:
-        value, _ = self.settings.get(name, (None, None))
-        try:
-            return float(value) if value is not None else None
-        except ValueError:
-            return None
+        match = _VALUE.match(self.settings.get(name, ""))
+        return float(match.group(1)) if match and not match.group(2) else None
+
+    def setting(self, name: str) -> str | None:
+        return self.settings.get(name)
 
     def setting_on(self, name: str) -> bool | None:
-        value, _ = self.settings.get(name, (None, None))
+        value = self.settings.get(name)
         return None if value is None else value in ("on", "always", "true")
 
 
@@ -107,14 +107,12 @@ def _run(facts: SqlFacts, name: str, step: Any) -> None:
 
 
 def _settings(conn: Any, facts: SqlFacts) -> None:
-    row = conn.execute(
-        "SELECT current_setting('server_version'), current_setting('server_version_num')::int, pg_is_in_recovery()"
-    ).fetchone()
+    row = conn.execute(SETTINGS_SQL).fetchone()
     facts.version, facts.version_num, facts.in_recovery = row[0].split()[0], row[1], row[2]
-    for name, setting, unit in conn.execute(
-        "SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s)", (list(SETTINGS),)
-    ):
-        facts.settings[name] = (setting, unit)
+    names = [name for name in SETTINGS if name != "primary_conninfo"]
+    facts.settings = dict(zip(names, row[3:], strict=True))
+    if facts.in_recovery:  # readable only with pg_read_all_settings; needed only on a standby
+        facts.settings["primary_conninfo"] = conn.execute("SELECT current_setting('primary_conninfo')").fetchone()[0]
 
 
 def _activity(conn: Any, facts: SqlFacts) -> None:
@@ -122,5 +120,7 @@ def _activity(conn: Any, facts: SqlFacts) -> None:
         r[0]
         for r in conn.execute("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1")
     ]
-    facts.activity = [(r[0] or "", r[1], int(r[2])) for r in conn.execute(ACTIVITY_SQL)]
-    facts.max_tx = {r[0]: float(r[1] or 0) for r in conn.execute(TX_SQL)}
+    for datname, state, count, oldest in conn.execute(ACTIVITY_SQL):
+        facts.activity.append((datname or "", state, int(count)))
+        if oldest is not None:
+            facts.max_tx[state] = max(facts.max_tx.get(state, 0.0), float(oldest))

@@ -8,6 +8,7 @@ this module reads /proc itself. Every reader returns None for a process that van
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from functools import cache
 
@@ -30,7 +31,21 @@ def boot_time() -> float:
     raise RuntimeError("/proc/stat has no btime line")
 
 
-@dataclass(frozen=True)
+def _read(path: str, size: int = 4096) -> bytes | None:
+    """One small /proc file with raw os calls (several times cheaper than open() for thousands of files)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # vanished, or not ours to read
+        return None
+    try:
+        return os.read(fd, size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
 class ProcStat:
     """The fields of /proc/PID/stat that pgmedic uses."""
 
@@ -57,10 +72,8 @@ class ProcStat:
 
 def read_stat(pid: int) -> ProcStat | None:
     """Parse /proc/PID/stat (the command name may hold spaces and parentheses, so split after the last ')')."""
-    try:
-        with open(f"{PROC}/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    data = _read(f"{PROC}/{pid}/stat")
+    if not data:
         return None
     rest = data[data.rfind(b")") + 2 :].split()
     if len(rest) < 20:
@@ -78,15 +91,13 @@ def read_stat(pid: int) -> ProcStat | None:
 
 def read_cmdline(pid: int) -> str | None:
     """The process title: PostgreSQL overwrites argv, padding with NULs or spaces, which we trim."""
-    try:
-        with open(f"{PROC}/{pid}/cmdline", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    data = _read(f"{PROC}/{pid}/cmdline")
+    if data is None:
         return None
     return data.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ProcMemory:
     """Resident memory split as the kernel accounts it, in bytes."""
 
@@ -95,23 +106,44 @@ class ProcMemory:
     swap: int
 
 
+@cache
+def page_size() -> int:
+    return os.sysconf("SC_PAGE_SIZE")
+
+
+_swap_checked = [0.0, False]
+SWAP_CHECK_SECONDS = 60.0
+
+
+def host_has_swap() -> bool:
+    """Whether any swap is configured (re-read once a minute); without swap VmSwap is 0 for every process."""
+    now = time.monotonic()
+    if now - _swap_checked[0] > SWAP_CHECK_SECONDS:
+        data = _read(f"{PROC}/swaps") or b""
+        _swap_checked[:] = [now, len(data.strip().split(b"\n")) > 1]
+    return bool(_swap_checked[1])
+
+
 def read_memory(pid: int) -> ProcMemory | None:
-    """RssAnon, RssFile+RssShmem and VmSwap from /proc/PID/status (no smaps walk: that costs seconds)."""
-    try:
-        with open(f"{PROC}/{pid}/status", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    """Anon and shared resident memory from /proc/PID/statm; swap from /proc/PID/status only if the host swaps.
+
+    statm's resident = anon + file + shmem pages and its shared = file + shmem pages, exactly the
+    kernel's RssAnon and RssFile+RssShmem, at half the cost of parsing status (and no smaps walk,
+    which costs seconds on big hosts).
+    """
+    data = _read(f"{PROC}/{pid}/statm", 256)
+    if not data:
         return None
-    values: dict[bytes, int] = {}
-    for line in data.split(b"\n"):
-        if line.startswith((b"RssAnon:", b"RssFile:", b"RssShmem:", b"VmSwap:")):
-            key, _, rest = line.partition(b":")
-            values[key] = int(rest.split()[0]) * 1024
-    return ProcMemory(
-        anon=values.get(b"RssAnon", 0),
-        shared=values.get(b"RssFile", 0) + values.get(b"RssShmem", 0),
-        swap=values.get(b"VmSwap", 0),
-    )
+    fields = data.split()
+    page = page_size()
+    resident, shared = int(fields[1]) * page, int(fields[2]) * page
+    swap = 0
+    if host_has_swap():
+        status = _read(f"{PROC}/{pid}/status", 8192) or b""
+        start = status.find(b"VmSwap:")
+        if start >= 0:
+            swap = int(status[start + 7 :].split(None, 1)[0]) * 1024
+    return ProcMemory(anon=resident - shared, shared=shared, swap=swap)
 
 
 def children(pid: int) -> list[int]:

@@ -11,7 +11,7 @@ NAME = "info"
 def collect(ctx: ScrapeContext, out: MetricSet) -> None:
     facts = ctx.facts
     version = (facts.version if facts else None) or str(ctx.instance.major_version() or "unknown")
-    port = (facts.settings.get("port", (None, None))[0] if facts else None) or str(
+    port = (facts.setting("port") if facts else None) or str(
         (ctx.pid_file.port if ctx.pid_file else None) or ctx.instance.config.port or 5432
     )
     labels = ctx.with_labels(version=version, data_directory=ctx.instance.data_directory, port=port)

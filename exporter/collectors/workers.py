@@ -31,13 +31,13 @@ def expected_workers(version_num: int | None, facts: SqlFacts | None, standby: b
         expected.add("logger")
     if not standby and facts.setting_on("autovacuum"):
         expected.add("autovacuum_launcher")
-    archive_mode = facts.settings.get("archive_mode", ("off", None))[0]
+    archive_mode = facts.setting("archive_mode")
     if archive_mode == "always" or (archive_mode == "on" and not standby):
         expected.add("archiver")
     lr_workers = facts.setting_number("max_logical_replication_workers")
     if not standby and version_num and version_num >= 100000 and lr_workers:
         expected.add("logical_replication_launcher")
-    if standby and facts.settings.get("primary_conninfo", ("", None))[0]:
+    if standby and facts.setting("primary_conninfo"):
         expected.add("walreceiver")
     return expected
 
