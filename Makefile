@@ -25,12 +25,10 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 rules-check: system-deps
-	@if [ -f alerts/pgmedic.rules.yml ]; then \
-	  promtool check rules alerts/pgmedic.rules.yml && \
-	  promtool test rules alerts/tests/*.yml && \
-	  amtool check-config alerts/alertmanager.yml && \
-	  promtool check config --syntax-only alerts/prometheus.yml; \
-	fi
+	promtool check rules alerts/pgmedic.rules.yml
+	promtool test rules alerts/tests/*.yml
+	amtool check-config alerts/alertmanager.yml
+	promtool check config alerts/prometheus.yml
 
 bench: venv
 	scripts/system-deps.sh prometheus-postgres-exporter
