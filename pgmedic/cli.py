@@ -157,7 +157,7 @@ def cmd_suspend_resume(config: Config, args: argparse.Namespace, argv: Sequence[
     journal = open_journal(config.remediator.state_dir)
     assert journal is not None
     who = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.geteuid())
-    changed = journal.set_suspended(args.name, args.command == "suspend", who)
+    changed = journal.set_suspended(args.name, args.command == "suspend", who, config.ksys.notifiers)
     verb = "suspended" if args.command == "suspend" else "resumed"
     print(f"instance {args.name} {verb}" + ("" if changed else " (it already was)"))
     return 0
@@ -238,7 +238,7 @@ def cmd_action(config: Config, args: argparse.Namespace, argv: Sequence[str]) ->
         result = actions.monitor(instance)
         journal = open_journal(config.remediator.state_dir, create=False)
         st = journal.state(instance.name) if journal else None
-        if st is not None and st.failed:
+        if st is not None and st.failed_within(instance.config.restart_window):
             hint = f"after repair run `pgmedic resume instance {instance.name}`"
             print(f"{instance.name}: FAILED ({st.failed_reason}); {hint}")
             return EXIT_FAILED

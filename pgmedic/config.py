@@ -95,6 +95,11 @@ class KsysConfig:
     webhook: str | None = None
     timeout: float = 10.0
 
+    @property
+    def notifiers(self) -> tuple[str, ...]:
+        """The configured notifier kinds, in delivery order."""
+        return tuple(name for name, on in (("command", self.command), ("webhook", self.webhook)) if on)
+
 
 @dataclass(frozen=True)
 class Config:

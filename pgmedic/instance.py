@@ -26,6 +26,7 @@ from . import procfs
 from .config import InstanceConfig
 from .connection import call_with_deadline, connect, first_line, rejecting_reason
 from .pidfile import PidFile, read_pid_file
+from .runner import is_spawned
 from .titles import classify_title
 
 START_TIME_TOLERANCE = 5.0  # seconds between the pid file's start time and the process's
@@ -225,11 +226,11 @@ class Instance:
 
 
 def _alive_or_zombie(pid: int) -> bool:
-    """True while PID exists at all, zombie included; reaps it first when it is our own child."""
+    """True while PID exists at all, zombie included; reaps it first when it is our own adopted child."""
     stat = procfs.read_stat(pid)
     if stat is None:
         return False
-    if stat.is_zombie and stat.ppid == os.getpid():
+    if stat.is_zombie and stat.ppid == os.getpid() and not is_spawned(pid):
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         return procfs.read_stat(pid) is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -25,9 +26,11 @@ CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL,
     instance TEXT,
     kind TEXT NOT NULL,
+    episode TEXT,                     -- the failure episode this event belongs to, if any
     detail TEXT NOT NULL DEFAULT '{}'
 );
-CREATE INDEX IF NOT EXISTS events_instance ON events (instance, id);
+CREATE INDEX IF NOT EXISTS events_instance ON events (instance, kind, ts);
+CREATE INDEX IF NOT EXISTS events_episode ON events (episode);
 CREATE TABLE IF NOT EXISTS episodes (
     key TEXT PRIMARY KEY,             -- alert fingerprint + startsAt: one failure episode
     instance TEXT,
@@ -37,7 +40,8 @@ CREATE TABLE IF NOT EXISTS episodes (
     starts_at REAL,
     received_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    result TEXT
+    result TEXT,
+    action_pgid INTEGER               -- process group of the command running for it right now
 );
 CREATE INDEX IF NOT EXISTS episodes_status ON episodes (status);
 CREATE TABLE IF NOT EXISTS instance_state (
@@ -70,6 +74,10 @@ class InstanceState:
     @property
     def failed(self) -> bool:
         return self.failed_at is not None
+
+    def failed_within(self, window: float) -> bool:
+        """FAILED and the restart window since it failed has not passed yet (after that it re-arms)."""
+        return self.failed_at is not None and time.time() - self.failed_at < window
 
 
 class Journal:
@@ -113,17 +121,31 @@ class Journal:
 
     # ---- events ---------------------------------------------------------------------------------
     @staticmethod
-    def add_event(db: sqlite3.Connection, instance: str | None, kind: str, **detail: Any) -> int:
-        """Append one event inside an open transaction; returns its id."""
-        cur = db.execute(
-            "INSERT INTO events (ts, instance, kind, detail) VALUES (?, ?, ?, ?)",
-            (time.time(), instance, kind, json.dumps(detail, sort_keys=True, default=str)),
-        )
-        return int(cur.lastrowid or 0)
+    def add_event(
+        db: sqlite3.Connection, instance: str | None, kind: str, notify: tuple[str, ...] = (), **detail: Any
+    ) -> int:
+        """Append one event inside an open transaction; returns its id.
 
-    def event(self, instance: str | None, kind: str, **detail: Any) -> int:
+        NOTIFY names the KSYS notifiers that must receive it: their deliveries are queued in the
+        same transaction, so an event is never recorded without its notification or the reverse.
+        """
+        now = time.time()
+        cur = db.execute(
+            "INSERT INTO events (ts, instance, kind, episode, detail) VALUES (?, ?, ?, ?, ?)",
+            (now, instance, kind, detail.get("episode"), json.dumps(detail, sort_keys=True, default=str)),
+        )
+        event_id = int(cur.lastrowid or 0)
+        if notify:
+            payload = json.dumps(event_document(event_id, now, instance, kind, detail), sort_keys=True, default=str)
+            for notifier in notify:
+                db.execute(
+                    "INSERT INTO outbox (notifier, payload, next_attempt) VALUES (?, ?, ?)", (notifier, payload, now)
+                )
+        return event_id
+
+    def event(self, instance: str | None, kind: str, notify: tuple[str, ...] = (), **detail: Any) -> int:
         with self.transaction() as db:
-            return self.add_event(db, instance, kind, **detail)
+            return self.add_event(db, instance, kind, notify, **detail)
 
     def events(self, since_id: int = 0, instance: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         sql = "SELECT * FROM events WHERE id > ?"
@@ -133,7 +155,7 @@ class Journal:
             args.append(instance)
         rows = self.query(sql + " ORDER BY id LIMIT ?", (*args, limit))
         return [
-            {"id": r["id"], "ts": r["ts"], "instance": r["instance"], "kind": r["kind"], **json.loads(r["detail"])}
+            {**json.loads(r["detail"]), "id": r["id"], "ts": r["ts"], "instance": r["instance"], "kind": r["kind"]}
             for r in rows
         ]
 
@@ -149,21 +171,21 @@ class Journal:
     def _ensure_state(db: sqlite3.Connection, instance: str) -> None:
         db.execute("INSERT OR IGNORE INTO instance_state (instance) VALUES (?)", (instance,))
 
-    def set_suspended(self, instance: str, suspended: bool, who: str) -> bool:
+    def set_suspended(self, instance: str, suspended: bool, who: str, notify: tuple[str, ...] = ()) -> bool:
         """Suspend or resume; resume also clears FAILED and re-arms the restart budget. True if it changed."""
         with self.transaction() as db:
             self._ensure_state(db, instance)
             before = db.execute("SELECT * FROM instance_state WHERE instance = ?", (instance,)).fetchone()
             if suspended:
                 db.execute("UPDATE instance_state SET suspended = 1 WHERE instance = ?", (instance,))
-                self.add_event(db, instance, "suspended", by=who)
+                self.add_event(db, instance, "suspended", notify, by=who)
                 return not before["suspended"]
             db.execute(
                 "UPDATE instance_state SET suspended = 0, failed_at = NULL, failed_reason = NULL, armed_at = ? "
                 "WHERE instance = ?",
                 (time.time(), instance),
             )
-            self.add_event(db, instance, "resumed", by=who, was_failed=before["failed_at"] is not None)
+            self.add_event(db, instance, "resumed", notify, by=who, was_failed=before["failed_at"] is not None)
             return bool(before["suspended"]) or before["failed_at"] is not None
 
     def set_failed(self, db: sqlite3.Connection, instance: str, reason: str) -> None:
@@ -173,11 +195,40 @@ class Journal:
             (time.time(), reason, instance),
         )
 
+    def expire_failed(self, instance: str, window: float) -> bool:
+        """Re-arm an instance whose FAILED state is older than WINDOW; True if it did."""
+        st = self.state(instance)
+        if st.failed_at is None or st.failed_within(window):
+            return False
+        with self.transaction() as db:
+            current = db.execute("SELECT failed_at FROM instance_state WHERE instance = ?", (instance,)).fetchone()
+            if current is None or current["failed_at"] != st.failed_at:
+                return False
+            self.clear_failed(db, instance)
+            self.add_event(db, instance, "rearmed", reason=f"restart window of {window:g}s passed since FAILED")
+        return True
+
     def clear_failed(self, db: sqlite3.Connection, instance: str) -> None:
         db.execute(
             "UPDATE instance_state SET failed_at = NULL, failed_reason = NULL, armed_at = ? WHERE instance = ?",
             (time.time(), instance),
         )
+
+
+EVENT_SCHEMA = "pgmedic.event/v1"
+
+
+def event_document(event_id: int, ts: float, instance: str | None, kind: str, detail: dict[str, Any]) -> dict[str, Any]:
+    """The JSON sent to KSYS notifiers (documented in docs/ksys.md)."""
+    return {
+        "schema": EVENT_SCHEMA,
+        "id": event_id,
+        "event": kind,
+        "instance": instance,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z",
+        "host": socket.gethostname(),
+        "detail": detail,
+    }
 
 
 def open_journal(state_dir: str, *, create: bool = True) -> Journal | None:

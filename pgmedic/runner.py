@@ -14,13 +14,46 @@ import pwd
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .errors import ActionError
 
 RUNUSER = "/usr/sbin/runuser"
+_spawned: set[int] = set()  # children run() is waiting for: a subreaper's reaper must leave them alone
+_spawned_lock = threading.Lock()
+_hooks = threading.local()
+
+
+@contextmanager
+def on_spawn(callback: Callable[[int], None]) -> Iterator[None]:
+    """Within this block (this thread only), call CALLBACK with each spawned process group id.
+
+    The remediator records it, so that after a crash it can tell whether an action it started is
+    still running (and wait for it) rather than guess.
+    """
+    previous = getattr(_hooks, "callback", None)
+    _hooks.callback = callback
+    try:
+        yield
+    finally:
+        _hooks.callback = previous
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group PGID still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 KILL_GRACE_SECONDS = 2.0
 OUTPUT_LIMIT = 16_384
 
@@ -70,15 +103,22 @@ def run(
     env: Mapping[str, str] | None = None,
     user: str | None = None,
     cwd: str | None = None,
+    stdin: bytes | None = None,
 ) -> RunResult:
-    """Run ARGV (optionally as USER) and wait at most TIMEOUT seconds; then kill its whole process group."""
+    """Run ARGV (optionally as USER) and wait at most TIMEOUT seconds; then kill its whole process group.
+
+    STDIN, when given, is fed from a temporary file (no pipe that a stuck reader could block on).
+    """
     full = as_user(argv, user) if user else list(argv)
     start = time.monotonic()
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as inp:
+        if stdin is not None:
+            inp.write(stdin)
+            inp.seek(0)
         try:
             proc = subprocess.Popen(
                 full,
-                stdin=subprocess.DEVNULL,
+                stdin=inp if stdin is not None else subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=dict(env) if env is not None else None,
@@ -88,11 +128,19 @@ def run(
             )
         except OSError as exc:
             raise ActionError(f"cannot run {full[0]}: {exc.strerror}") from None
+        with _spawned_lock:
+            _spawned.add(proc.pid)
+        callback = getattr(_hooks, "callback", None)
+        if callback is not None:
+            callback(proc.pid)  # its own session: the process group id is its pid
         try:
             code: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             code = None
+        finally:
+            with _spawned_lock:
+                _spawned.discard(proc.pid)
         out.seek(0)
         text = out.read()[-OUTPUT_LIMIT:].decode(errors="replace")
     return RunResult(tuple(full), code, text, time.monotonic() - start)
@@ -117,3 +165,9 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     if proc.returncode is None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5.0)
+
+
+def is_spawned(pid: int) -> bool:
+    """Whether PID is a child that run() is still waiting for."""
+    with _spawned_lock:
+        return pid in _spawned

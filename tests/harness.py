@@ -313,3 +313,72 @@ def pgmedic_service(kind: str, config: Path, log_dir: Path, port: int | None = N
     port = port or free_port()
     argv = [sys.executable, "-m", "pgmedic", "--config", str(config), kind, "--listen", f"127.0.0.1:{port}"]
     return start_service(kind, argv, log_dir, port)
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll PREDICATE until it returns something truthy; fail with WHAT after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def rfc3339(ts: float | None = None) -> str:
+    ts = time.time() if ts is None else ts
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e9):09d}Z"
+
+
+def alert_payload(
+    alertname: str, pg_instance: str | None, *, status: str = "firing", starts_at: str | None = None,
+    fingerprint: str = "f00dfeed", remediation: str = "restart", **labels: str,
+) -> dict[str, Any]:  # fmt: skip
+    """An Alertmanager version 4 webhook payload with one alert."""
+    alert_labels = {"alertname": alertname, "severity": "critical", "remediation": remediation, **labels}
+    if pg_instance is not None:
+        alert_labels["pg_instance"] = pg_instance
+    return {
+        "version": "4",
+        "groupKey": '{}/{remediation="restart"}:' + f'{{alertname="{alertname}"}}',
+        "status": status,
+        "receiver": "pgmedic-remediator",
+        "groupLabels": {"alertname": alertname},
+        "commonLabels": alert_labels,
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093",
+        "alerts": [
+            {
+                "status": status,
+                "labels": alert_labels,
+                "annotations": {"summary": "test"},
+                "startsAt": starts_at or rfc3339(),
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://127.0.0.1:9090/graph",
+                "fingerprint": fingerprint,
+            }
+        ],
+    }
+
+
+def http(method: str, url: str, body: bytes | dict | None = None, token: str | None = None, timeout: float = 30):
+    """(status, parsed JSON or text) of one HTTP request; errors are returned, not raised."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode()
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text

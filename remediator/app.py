@@ -1,0 +1,138 @@
+"""The remediator's Flask application, built by ``create_app(config)`` (no globals)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from pgmedic.config import Config
+from pgmedic.journal import Journal
+
+from . import openapi
+from .auth import authorized, read_secret
+from .engine import Engine
+from .metrics import RemediatorMetrics
+from .notify import Deliverer
+from .payload import MAX_BODY, PayloadError, parse_payload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Remediator:
+    """Everything one app instance owns: journal, engine (workers), KSYS deliverer, metrics."""
+
+    config: Config
+    journal: Journal
+    engine: Engine
+    deliverer: Deliverer
+    metrics: RemediatorMetrics
+    secret: str | None
+
+    def start(self) -> None:
+        self.engine.start()
+        self.deliverer.start()
+
+    def stop(self) -> None:
+        self.engine.stop()
+        self.deliverer.stop()
+
+
+def _error(status: int, message: str) -> tuple[Response, int]:
+    return jsonify(error=message), status
+
+
+def create_app(config: Config, *, start_background: bool = True) -> Flask:
+    """Build the app; START_BACKGROUND=False leaves workers and delivery stopped (for tests of the HTTP side)."""
+    journal = Journal(config.remediator.state_dir)
+    metrics = RemediatorMetrics(sorted(config.instances))
+    engine = Engine(config, journal, metrics)
+    metrics.add_state_collector(engine.snapshot)
+    secret = read_secret(config.remediator.token_file) if config.remediator.token_file else None
+    rem = Remediator(config, journal, engine, Deliverer(journal, config.ksys, metrics), metrics, secret)
+
+    app = Flask("pgmedic.remediator")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.extensions["pgmedic"] = rem
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        return _error(exc.code or 500, exc.description or exc.name)
+
+    @app.post("/api/v1/alerts")
+    def alerts() -> tuple[Response, int]:
+        if not authorized(request.headers.get("Authorization"), rem.secret):
+            metrics.notifications.labels("rejected").inc()
+            return _error(401, "missing or wrong credentials")
+        try:
+            if (request.content_length or 0) > MAX_BODY:
+                raise RequestEntityTooLarge()
+            body = request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            metrics.notifications.labels("rejected").inc()
+            return _error(413, f"body over {MAX_BODY} bytes")
+        try:
+            parsed = parse_payload(body)
+        except PayloadError as exc:
+            metrics.notifications.labels("rejected").inc()
+            journal.event(None, "notification", result="rejected", reason=str(exc), source=request.remote_addr)
+            return _error(400, str(exc))
+        decisions = engine.decide(parsed, request.remote_addr or "")
+        return jsonify(received=len(parsed), decisions=decisions), 200
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        journal.query("SELECT 1")
+        return jsonify(status="ok"), 200
+
+    @app.get("/api/v1/status")
+    def status() -> tuple[Response, int]:
+        snapshot = engine.snapshot()
+        out: dict[str, Any] = {}
+        for name, (state, remaining) in snapshot.items():
+            st = journal.state(name)
+            last = journal.query(
+                "SELECT key, action, status, result, updated_at FROM episodes WHERE instance = ? "
+                "ORDER BY updated_at DESC LIMIT 1",
+                (name,),
+            )
+            out[name] = {
+                "state": state,
+                "budget_remaining": remaining,
+                "max_restart": config.instance(name).max_restart,
+                "suspended": st.suspended,
+                "failed_reason": st.failed_reason if st.failed else None,
+                "last_action": dict(last[0]) if last else None,
+            }
+        return jsonify(instances=out, time=time.time()), 200
+
+    @app.get("/api/v1/events")
+    def events() -> tuple[Response, int]:
+        try:
+            since = int(request.args.get("since", "0"))
+            limit = int(request.args.get("limit", "1000"))
+        except ValueError:
+            return _error(400, "since and limit must be whole numbers")
+        if since < 0 or not 1 <= limit <= 10000:
+            return _error(400, "since must be >= 0 and limit between 1 and 10000")
+        rows = journal.events(since, request.args.get("instance"), limit)
+        return jsonify(events=rows, next=rows[-1]["id"] if rows else since), 200
+
+    @app.get("/api/v1/openapi.json")
+    def spec() -> tuple[Response, int]:
+        return jsonify(openapi.document()), 200
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    if start_background:
+        rem.start()
+    return app

@@ -1,0 +1,78 @@
+"""The remediator's own metrics, in a registry per app (no globals), plus state read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+NOTIFICATION_RESULTS = ("accepted", "duplicate", "ignored", "rejected")
+KSYS_RESULTS = ("delivered", "failed")
+INSTANCE_STATES = ("ok", "acting", "suspended", "failed")
+RECOVERY_BUCKETS = (0.5, 1, 1.5, 2, 2.5, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)
+
+
+class RemediatorMetrics:
+    def __init__(self, instances: list[str]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.notifications = Counter(
+            "pgmedic_notifications", "Alerts received, by what was decided.", ["result"], registry=self.registry
+        )
+        self.actions = Counter(
+            "pgmedic_actions",
+            "Remediation actions by instance, action (start, restart) and result (ok, failed, skipped).",
+            ["pg_instance", "action", "result"],
+            registry=self.registry,
+        )
+        self.action_duration = Histogram(
+            "pgmedic_action_duration_seconds",
+            "How long start/restart actions took (stop escalation included).",
+            ["action"],
+            buckets=RECOVERY_BUCKETS,
+            registry=self.registry,
+        )
+        self.recovery = Histogram(
+            "pgmedic_recovery_seconds",
+            "Time until the instance accepted connections again, since the alert started or since the webhook.",
+            ["pg_instance", "since"],
+            buckets=RECOVERY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ksys = Counter(
+            "pgmedic_ksys_notifications", "Deliveries of events to KSYS notifiers.", ["result"], registry=self.registry
+        )
+        for result in NOTIFICATION_RESULTS:
+            self.notifications.labels(result)
+        for result in KSYS_RESULTS:
+            self.ksys.labels(result)
+        for name in instances:
+            for action in ("start", "restart"):
+                for result in ("ok", "failed"):
+                    self.actions.labels(name, action, result)
+
+    def add_state_collector(self, read: Callable[[], dict[str, tuple[str, int]]]) -> None:
+        """READ returns {instance: (state, budget_remaining)} fresh at each scrape."""
+        self.registry.register(_StateCollector(read))
+
+
+class _StateCollector:
+    def __init__(self, read: Callable[[], dict[str, tuple[str, int]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        states = self._read()
+        budget = GaugeMetricFamily(
+            "pgmedic_restart_budget_remaining", "Restarts left in the current window.", labels=["pg_instance"]
+        )
+        state = GaugeMetricFamily(
+            "pgmedic_instance_state",
+            "Remediation state: ok, acting, suspended (maintenance) or failed (budget spent).",
+            labels=["pg_instance", "state"],
+        )
+        for name, (current, remaining) in sorted(states.items()):
+            budget.add_metric([name], remaining)
+            for s in INSTANCE_STATES:
+                state.add_metric([name, s], 1 if s == current else 0)
+        yield budget
+        yield state

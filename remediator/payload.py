@@ -1,0 +1,97 @@
+"""Alertmanager's webhook payload (version 4), checked strictly: anything else is a 400, not a guess."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+MAX_BODY = 1024 * 1024
+
+
+class PayloadError(ValueError):
+    """The body is not an Alertmanager v4 webhook payload; the message says why in a few words."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    status: str  # firing or resolved: each alert's own, never the payload's top-level status
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: str
+    ends_at: str | None
+    fingerprint: str
+
+    @property
+    def alertname(self) -> str:
+        return self.labels.get("alertname", "")
+
+    @property
+    def episode(self) -> str:
+        """One failure episode: the same alert (fingerprint) since the same start."""
+        return f"{self.fingerprint}@{self.starts_at}"
+
+    @property
+    def starts_at_epoch(self) -> float | None:
+        return parse_time(self.starts_at)
+
+
+def parse_time(text: str | None) -> float | None:
+    """RFC 3339 as Alertmanager writes it (nanoseconds and Z allowed) to Unix time; None if unusable."""
+    if not text or text.startswith("0001-01-01"):
+        return None
+    try:
+        head, dot, frac = text.partition(".")
+        if dot:  # trim nanoseconds to microseconds, keep the zone
+            digits = "".join(c for c in frac if c.isdigit())
+            text = f"{head}.{digits[:6]}{frac[len(digits) :]}"
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _string_map(value: Any, what: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise PayloadError(f"{what} must be an object of strings")
+    return value
+
+
+def parse_payload(body: bytes) -> list[Alert]:
+    """Validate BODY and return its alerts; raise PayloadError on any deviation from version 4."""
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise PayloadError("body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise PayloadError("body must be a JSON object")
+    if doc.get("version") != "4":
+        raise PayloadError(f"unsupported payload version {doc.get('version')!r}, expected '4'")
+    alerts = doc.get("alerts")
+    if not isinstance(alerts, list):
+        raise PayloadError("alerts must be a list")
+    out = []
+    for i, raw in enumerate(alerts):
+        if not isinstance(raw, dict):
+            raise PayloadError(f"alerts[{i}] must be an object")
+        status = raw.get("status")
+        if status not in ("firing", "resolved"):
+            raise PayloadError(f"alerts[{i}].status must be firing or resolved")
+        labels = _string_map(raw.get("labels"), f"alerts[{i}].labels")
+        annotations = _string_map(raw.get("annotations", {}), f"alerts[{i}].annotations")
+        starts_at = raw.get("startsAt")
+        if not isinstance(starts_at, str) or parse_time(starts_at) is None:
+            raise PayloadError(f"alerts[{i}].startsAt must be an RFC 3339 time")
+        fingerprint = raw.get("fingerprint")
+        if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint):
+            raise PayloadError(f"alerts[{i}].fingerprint must be a string")
+        ends_at = raw.get("endsAt") if isinstance(raw.get("endsAt"), str) else None
+        out.append(Alert(status, labels, annotations, starts_at, ends_at, fingerprint or label_fingerprint(labels)))
+    return out
+
+
+def label_fingerprint(labels: dict[str, str]) -> str:
+    """A stable fingerprint from the label set, for senders that do not supply one."""
+    text = "\0".join(f"{k}\0{v}" for k, v in sorted(labels.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,59 @@
+"""``pgmedic remediator``: serve the app with waitress, as child subreaper of the servers it starts."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+
+from pgmedic.config import Config
+from pgmedic.errors import ConfigError
+from pgmedic.reaper import become_subreaper, start_reaper
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(config: Config, listen: str | None = None) -> int:
+    import waitress
+
+    from exporter.server import split_listen
+
+    from .app import create_app
+
+    host, port = split_listen(listen or config.remediator.listen)
+    if not config.remediator.token_file and not is_loopback(host):
+        raise ConfigError(config.path, "remediator.token_file", f"required to listen on non-loopback address {host}")
+    if not config.remediator.token_file:
+        log.warning("no remediator.token_file: accepting unauthenticated alerts on loopback only")
+    stop = threading.Event()
+    if become_subreaper():
+        start_reaper(stop)
+    app = create_app(config)
+    rem = app.extensions["pgmedic"]
+    server = waitress.create_server(app, host=host, port=port, threads=8, ident="pgmedic-remediator")
+
+    def shutdown(signum: int, _frame: object) -> None:
+        log.warning("signal %d: stopping", signum)
+        server.close()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    log.warning("pgmedic remediator on http://%s:%d for %d instance(s)", host, port, len(config.instances))
+    try:
+        server.run()
+    except OSError:
+        pass  # closed by the signal handler
+    finally:
+        stop.set()
+        rem.stop()
+    return 0

@@ -1,0 +1,310 @@
+"""The remediator on real clusters over real HTTP: restarts once, within a budget, and never on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import (
+    Cluster,
+    Service,
+    alert_payload,
+    free_port,
+    http,
+    owner,
+    pg_bin_dir,
+    pgmedic,
+    pgmedic_service,
+    wait_for,
+    write_config,
+)
+from tests.ksys_sink import KsysSink
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def ksys() -> Iterator[KsysSink]:
+    sink = KsysSink()
+    try:
+        yield sink
+    finally:
+        sink.close()
+
+
+class Rig:
+    """A cluster, its config and a running remediator (or two), for one test."""
+
+    def __init__(self, cluster: Cluster, tmp: Path, services: list, ksys: KsysSink) -> None:
+        self.cluster, self.tmp, self.services, self.ksys = cluster, tmp, services, ksys
+        self.token_file = tmp / "webhook.token"
+        self.token_file.write_text(TOKEN + "\n")
+        self.state = tmp / "state"
+        self.config = tmp / "pgmedic.yaml"
+        self.remediators: list[Service] = []
+
+    def configure(self, **instance: Any) -> None:
+        defaults = {"restart_delay": "0.2s", "max_restart": 3, "restart_window": "15m", "critical": True}
+        self.cluster.extra.update({**defaults, **instance})
+        write_config(
+            self.config, [self.cluster], self.state,
+            remediator={"token_file": str(self.token_file)}, ksys={"webhook": self.ksys.url, "timeout": "2s"},
+        )  # fmt: skip
+
+    def start(self) -> Service:
+        service = pgmedic_service("remediator", self.config, self.tmp, free_port())
+        self.services.append(service)
+        self.remediators.append(service)
+        return service
+
+    @property
+    def url(self) -> str:
+        return self.remediators[0].url
+
+    def post(self, payload: dict | bytes, token: str | None = TOKEN, url: str | None = None) -> tuple[int, Any]:
+        return http("POST", (url or self.url) + "/api/v1/alerts", payload, token)
+
+    def events(self) -> list[dict]:
+        status, body = http("GET", self.url + "/api/v1/events?limit=10000")
+        assert status == 200
+        return body["events"]
+
+    def kinds(self) -> list[str]:
+        return [e["kind"] for e in self.events() if e["kind"] not in ("ksys_delivered", "ksys_failed")]
+
+    def wait_event(self, kind: str, timeout: float = 60) -> dict:
+        return wait_for(lambda: next((e for e in self.events() if e["kind"] == kind), None), timeout, kind)
+
+
+@pytest.fixture
+def rig(cluster: Cluster, tmp_path: Path, services: list, ksys: KsysSink) -> Rig:
+    r = Rig(cluster, tmp_path, services, ksys)
+    r.configure()
+    return r
+
+
+def kill_postmaster(cluster: Cluster) -> int:
+    pid = cluster.postmaster_pid()
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_kill_9_one_post_brings_it_back_with_the_whole_story(rig: Rig) -> None:
+    rig.start()
+    old = kill_postmaster(rig.cluster)
+    status, body = rig.post(alert_payload("PostgresPostmasterDown", "main"))
+    assert status == 200 and body["decisions"][0]["result"] == "accepted"
+    recovered = rig.wait_event("recovered")
+    rig.cluster.wait_accepting()
+    assert rig.cluster.postmaster_pid() != old
+    assert recovered["seconds_since_receipt"] > 0 and recovered["seconds_since_alert_start"] > 0
+    kinds = rig.kinds()
+    story = ["notification", "restart_started", "restarted", "recovered", "episode_done"]
+    assert [k for k in kinds if k in story] == story
+    started = next(e for e in rig.events() if e["kind"] == "restarted")
+    assert started["action"] == "start" and started["duration"] > 0
+    wait_for(lambda: {"restart_started", "restarted", "recovered"} <= set(rig.ksys.kinds()), 10, "KSYS events")
+    status, body = http("GET", rig.url + "/api/v1/status")
+    assert body["instances"]["main"]["budget_remaining"] == 2
+    assert body["instances"]["main"]["last_action"]["result"] == "recovered"
+    status, metrics = http("GET", rig.url + "/metrics")
+    assert 'pgmedic_actions_total{action="start",pg_instance="main",result="ok"} 1.0' in metrics
+    assert 'pgmedic_recovery_seconds_count{pg_instance="main",since="receipt"} 1.0' in metrics
+    assert 'pgmedic_notifications_total{result="accepted"} 1.0' in metrics
+
+
+def test_fifty_deliveries_sequential_concurrent_and_two_remediators_one_restart(rig: Rig) -> None:
+    rig.start()
+    second = rig.start()  # a second remediator process sharing the state directory
+    kill_postmaster(rig.cluster)
+    payload = alert_payload("PostgresPostmasterDown", "main")
+    results: list[int] = []
+
+    def send(url: str) -> None:
+        results.append(rig.post(payload, url=url)[0])
+
+    for _ in range(10):
+        send(rig.url)
+    threads = [threading.Thread(target=send, args=(u,)) for u in [rig.url] * 20 + [second.url] * 20]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [200] * 50
+    rig.wait_event("recovered")
+    time.sleep(1.0)  # let any second action (there must be none) show up
+    kinds = Counter(rig.kinds())
+    assert kinds["restart_started"] == 1 and kinds["recovered"] == 1
+    decisions = Counter(e["result"] for e in rig.events() if e["kind"] == "notification")
+    assert decisions == {"accepted": 1, "duplicate": 49}
+    rig.cluster.wait_accepting()
+
+
+def test_sigstop_is_restarted_through_stop_escalation(rig: Rig) -> None:
+    rig.configure(stop_timeout="2s")
+    rig.start()
+    pid = rig.cluster.postmaster_pid()
+    os.kill(pid, signal.SIGSTOP)
+    status, _ = rig.post(alert_payload("PostgresNotResponding", "main"))
+    assert status == 200
+    restarted = rig.wait_event("restarted", timeout=90)
+    assert restarted["action"] == "restart"
+    steps = " | ".join(restarted["steps"])
+    assert "pg_ctl stop -m fast" in steps and "pg_ctl stop -m immediate" in steps and "SIGKILL of postmaster" in steps
+    rig.wait_event("recovered")
+    rig.cluster.wait_accepting()
+    assert rig.cluster.postmaster_pid() != pid
+
+
+def test_failing_start_spends_the_budget_then_failed_and_one_escalation(rig: Rig, tmp_path: Path) -> None:
+    broken = tmp_path / "broken-start.sh"
+    broken.write_text("#!/bin/sh\necho 'cannot start: broken on purpose' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    rig.configure(start_script=str(broken), max_restart=3, restart_delay="0.2s")
+    rig.start()
+    kill_postmaster(rig.cluster)
+    assert rig.post(alert_payload("PostgresPostmasterDown", "main"))[0] == 200
+    rig.wait_event("escalated")
+    wait_for(lambda: "escalated" in rig.ksys.kinds(), 15, "the escalation at the KSYS webhook")
+    time.sleep(1.5)
+    kinds = Counter(rig.kinds())
+    assert kinds["restart_started"] == 3 and kinds["restart_failed"] == 3 and kinds["failed"] == 1
+    assert Counter(rig.ksys.kinds())["escalated"] == 1
+    escalation = next(e for e in rig.ksys.events if e["event"] == "escalated")
+    assert escalation["instance"] == "main" and escalation["schema"] == "pgmedic.event/v1"
+    _status, body = http("GET", rig.url + "/api/v1/status")
+    assert body["instances"]["main"]["state"] == "failed" and body["instances"]["main"]["budget_remaining"] == 0
+    assert pgmedic(None, "monitor", "main", config=rig.config).returncode == 5
+    # Another alert while FAILED: recorded, no action.
+    assert rig.post(alert_payload("PostgresPostmasterDown", "main", fingerprint="other"))[0] == 200
+    time.sleep(1.0)
+    assert Counter(rig.kinds())["restart_started"] == 3
+    # resume re-arms
+    assert pgmedic(None, "resume", "instance", "main", config=rig.config).returncode == 0
+    _, body = http("GET", rig.url + "/api/v1/status")
+    assert body["instances"]["main"]["state"] == "ok" and body["instances"]["main"]["budget_remaining"] == 3
+    wait_for(lambda: "resumed" in rig.ksys.kinds(), 15, "resumed at KSYS")
+
+
+def test_suspended_instance_gets_no_action(rig: Rig) -> None:
+    rig.start()
+    assert pgmedic(None, "suspend", "instance", "main", config=rig.config).returncode == 0
+    kill_postmaster(rig.cluster)
+    assert rig.post(alert_payload("PostgresPostmasterDown", "main"))[0] == 200
+    skipped = rig.wait_event("skipped")
+    assert "suspended" in skipped["reason"]
+    time.sleep(1.0)
+    assert "restart_started" not in rig.kinds()
+    assert pgmedic(None, "monitor", "main", config=rig.config).returncode == 3
+    wait_for(lambda: "suspended" in rig.ksys.kinds(), 15, "suspended at KSYS")
+
+
+def test_bad_input_gets_the_right_status_and_nothing_runs(rig: Rig, tmp_path: Path) -> None:
+    rig.start()
+    pid = rig.cluster.postmaster_pid()
+    marker = tmp_path / "pwned"
+    ok = alert_payload("PostgresPostmasterDown", "main")
+    assert rig.post(b"x" * (1024 * 1024 + 10))[0] == 413
+    assert rig.post(b"{not json")[0] == 400
+    assert rig.post({**ok, "version": "3"})[0] == 400
+    assert rig.post({"version": "4", "alerts": [{"status": "firing"}]})[0] == 400
+    assert rig.post(ok, token=None)[0] == 401
+    assert rig.post(ok, token="wrong")[0] == 401
+    status, body = rig.post(alert_payload("PostgresPostmasterDown", None))
+    assert status == 200 and body["decisions"][0]["result"] == "ignored"
+    status, body = rig.post(alert_payload("PostgresPostmasterDown", "nosuch"))
+    assert status == 200 and body["decisions"][0]["reason"] == "not a configured instance"
+    evil = f"main; touch {marker}; $(touch {marker}) `touch {marker}`"
+    status, body = rig.post(alert_payload(f"X$(touch {marker})", evil, fingerprint="evil"))
+    assert status == 200 and body["decisions"][0]["result"] == "ignored"
+    status, body = rig.post(alert_payload(f"$(touch {marker})", "main", fingerprint="evil2", remediation="none"))
+    assert status == 200 and body["decisions"][0]["result"] == "ignored"
+    status, body = rig.post(alert_payload("PostgresPostmasterDown", "main", status="resolved", fingerprint="r"))
+    assert status == 200 and body["decisions"][0]["reason"] == "resolved"
+    time.sleep(1.0)
+    assert not marker.exists()
+    assert rig.cluster.postmaster_pid() == pid
+    kinds = rig.kinds()
+    assert "restart_started" not in kinds
+    rejected = [e for e in rig.events() if e.get("result") == "rejected"]
+    assert len(rejected) == 3, "400s are journaled (401 and 413 are not: no trusted body)"
+    assert any(e.get("pg_instance") == evil for e in rig.events()), "the odd label is recorded as data"
+    status, metrics = http("GET", rig.url + "/metrics")
+    assert 'pgmedic_notifications_total{result="rejected"} 6.0' in metrics
+    status, spec = http("GET", rig.url + "/api/v1/openapi.json")
+    assert status == 200 and "/api/v1/alerts" in spec["paths"]
+    assert http("GET", rig.url + "/api/v1/events?since=-1")[0] == 400
+    assert http("GET", rig.url + "/healthz")[0] == 200
+
+
+def test_remediator_killed_mid_restart_finishes_after_start(rig: Rig, tmp_path: Path) -> None:
+    slow = tmp_path / "slow-start.sh"
+    log = rig.cluster.root / "slow.log"
+    slow.write_text(
+        "#!/bin/sh\nsleep 3\nexec runuser -u " + owner() + f' -- {pg_bin_dir()}/pg_ctl -D "$PGDATA" -l {log} '
+        '-o "-p $PGPORT" -w start\n'
+        if os.geteuid() == 0
+        else f'#!/bin/sh\nsleep 3\nexec {pg_bin_dir()}/pg_ctl -D "$PGDATA" -l {log} -o "-p $PGPORT" -w start\n'
+    )
+    slow.chmod(0o755)
+    rig.configure(start_script=str(slow))
+    first = rig.start()
+    kill_postmaster(rig.cluster)
+    assert rig.post(alert_payload("PostgresPostmasterDown", "main"))[0] == 200
+    rig.wait_event("restart_started")
+    wait_for(lambda: any("slow-start" in Path(f"/proc/{p}/cmdline").read_text(errors="ignore")
+                         for p in os.listdir("/proc") if p.isdigit() and Path(f"/proc/{p}/cmdline").exists()),
+             15, "the start script to run")  # fmt: skip
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    rig.remediators.clear()
+    rig.start()
+    rig.wait_event("recovered", timeout=60)
+    rig.cluster.wait_accepting()
+    wait_for(lambda: "episode_done" in rig.kinds(), 10, "episode done")
+    kinds = Counter(rig.kinds())
+    for kind in ("notification", "restart_started", "recovered", "episode_done", "episode_resumed"):
+        assert kinds[kind] == 1, (kind, kinds)
+    assert any("still running" in (e.get("reason") or "") for e in rig.events()), "it waited for the orphaned script"
+    assert rig.cluster.psql("SELECT 1") == "1"
+
+
+def test_refuses_non_loopback_without_token(cluster: Cluster, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "pgmedic.yaml", [cluster], tmp_path / "state")
+    result = pgmedic(None, "remediator", "--listen", "0.0.0.0:1", config=cfg, timeout=30)
+    assert result.returncode == 2
+    assert "remediator.token_file: required to listen on non-loopback address 0.0.0.0" in result.stderr
+
+
+def test_payload_parsing_units() -> None:
+    from remediator.payload import PayloadError, parse_payload, parse_time
+
+    assert parse_time("2026-11-27T22:10:00.123456789Z") == pytest.approx(1795817400.123456, abs=1e-5)
+    assert parse_time("0001-01-01T00:00:00Z") is None
+    alerts = parse_payload(
+        json.dumps(alert_payload("A", "main", fingerprint="")).encode().replace(b'"fingerprint": ""', b'"x": 1')
+    )
+    assert alerts[0].fingerprint and alerts[0].episode.startswith(alerts[0].fingerprint + "@")
+    for bad in (b"[]", b'{"version": "4"}', b'{"version": "4", "alerts": [{"status": "maybe"}]}'):
+        with pytest.raises(PayloadError):
+            parse_payload(bad)
+
+
+def test_auth_units() -> None:
+    import base64
+
+    from remediator.auth import authorized
+
+    assert authorized(None, None)
+    assert authorized("Bearer abc", "abc") and not authorized("Bearer abd", "abc")
+    assert authorized("Basic " + base64.b64encode(b"alertmanager:abc").decode(), "abc")
+    assert not authorized("Basic !!!", "abc") and not authorized("Token abc", "abc") and not authorized(None, "abc")
