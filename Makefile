@@ -4,10 +4,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint rules-check system-deps venv bench clean
+.PHONY: test demo lint rules-check system-deps venv bench clean
 
 test: venv system-deps lint rules-check
 	$(PY) -m pytest tests
+
+demo: venv system-deps
+	$(VENV)/bin/pgmedic demo
 
 venv: $(STAMP)
 
@@ -33,6 +36,7 @@ rules-check: system-deps
 bench: venv
 	scripts/system-deps.sh prometheus-postgres-exporter
 	$(PY) bench/scrape.py
+	$(PY) bench/mttr.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:9188)")
     s = sub.add_parser("remediator", help="serve the Alertmanager webhook that repairs instances")
     s.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:9189)")
+    s = sub.add_parser("demo", help="the whole chain on a throwaway cluster: a drill and its incident timeline")
+    s.add_argument("--drill", default="kill9", help="kill9 (default), sigstop, worker, exhaust, exporter")
+    s.add_argument("--once", action="store_true", help="exit after the drill: 0 only if the outcome was seen")
     return p
 
 
@@ -263,6 +266,12 @@ def cmd_remediator(config: Config, args: argparse.Namespace, argv: Sequence[str]
     return serve(config, args.listen)
 
 
+def cmd_demo(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.drill, args.once)
+
+
 COMMANDS = {
     "add": cmd_add,
     "modify": cmd_modify,
@@ -276,6 +285,7 @@ COMMANDS = {
     "monitor": cmd_action,
     "exporter": cmd_exporter,
     "remediator": cmd_remediator,
+    "demo": cmd_demo,
 }
 AUDITED = ("add", "modify", "delete", "suspend", "resume")
 

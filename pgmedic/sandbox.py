@@ -1,0 +1,341 @@
+"""Throwaway PostgreSQL clusters and local services: for the demo, the benchmarks and the tests.
+
+A cluster is made with initdb in a temp dir (as the `postgres` user when root: PostgreSQL refuses to
+run as root), started on a free loopback port with its own socket directory, and destroyed with
+everything still running in its data directory, whatever happened to it (SIGSTOP, SIGKILL, a
+half-finished start). Services (exporter, remediator, Prometheus, Alertmanager) run as child
+processes in their own sessions and are always stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PG_BIN_CANDIDATES = [f"/usr/lib/postgresql/{v}/bin" for v in (17, 16, 15, 14, 13)]
+INSTALL_HINT = "install the PostgreSQL server: apt-get install -y postgresql (or run `make test`, which does it)"
+REPO = Path(__file__).resolve().parent.parent  # the source tree: alerts/ lives here
+
+
+def pg_bin_dir() -> str:
+    for candidate in PG_BIN_CANDIDATES:
+        if os.path.isfile(os.path.join(candidate, "initdb")):
+            return candidate
+    found = shutil.which("initdb")
+    if found:
+        return os.path.dirname(found)
+    raise RuntimeError(f"no initdb found: {INSTALL_HINT}")
+
+
+def owner() -> str:
+    """PostgreSQL refuses to run as root: as root the clusters belong to `postgres`."""
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            raise RuntimeError(f"running as root needs the OS user postgres: {INSTALL_HINT}") from None
+        return "postgres"
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def as_owner(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", owner(), "--", *argv] if os.geteuid() == 0 else argv
+
+
+def chown_owner(path: str | Path) -> None:
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(owner())
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_temp_dir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    chown_owner(path)
+    return path
+
+
+def make_template(base: Path) -> Path:
+    """initdb once: trust auth on the socket and loopback (test clusters only)."""
+    data = base / "template"
+    subprocess.run(
+        as_owner([os.path.join(pg_bin_dir(), "initdb"), "-D", str(data), "-A", "trust", "-U", owner(), "--no-sync"]),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    with open(data / "postgresql.conf", "a") as f:
+        f.write(
+            "\n# pgmedic tests\nlisten_addresses = '127.0.0.1'\nfsync = off\nsynchronous_commit = off\n"
+            "full_page_writes = off\nshared_buffers = 16MB\nmax_connections = 40\nlogging_collector = on\n"
+            "log_directory = 'log'\nautovacuum_naptime = 1\n"
+        )
+    return data
+
+
+@dataclass
+class Cluster:
+    """One throwaway cluster plus a pgmedic config naming it."""
+
+    name: str
+    root: Path
+    data: Path
+    port: int
+    socket_dir: Path
+    state_dir: Path
+    config_path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ---- config --------------------------------------------------------------------------------
+    def instance_attrs(self) -> dict[str, Any]:
+        return {
+            "type": "POSTGRES",
+            "instancename": owner(),
+            "database": "postgres",
+            "data_directory": str(self.data),
+            "bin_dir": pg_bin_dir(),
+            "port": self.port,
+            "host": str(self.socket_dir),
+            "start_timeout": "30s",
+            "stop_timeout": "3s",
+            "monitor_timeout": "2s",
+            **self.extra,
+        }
+
+    def write_config(self, extra_top: dict[str, Any] | None = None, **instance_extra: Any) -> Path:
+        self.extra.update(instance_extra)
+        doc: dict[str, Any] = {
+            "remediator": {"state_dir": str(self.state_dir)},
+            "instances": {self.name: self.instance_attrs()},
+        }
+        for key, value in (extra_top or {}).items():
+            doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
+        self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return self.config_path
+
+    # ---- server --------------------------------------------------------------------------------
+    def pg_ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            as_owner([os.path.join(pg_bin_dir(), "pg_ctl"), "-D", str(self.data), *args]),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def start(self) -> None:
+        result = self.pg_ctl(
+            "start", "-w", "-t", "30", "-l", str(self.root / "server.log"), "-o", f"-p {self.port}", timeout=60
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {result.stdout}{result.stderr}{self.server_log()}")
+
+    def server_log(self) -> str:
+        try:
+            return (self.root / "server.log").read_text()[-2000:]
+        except OSError:
+            return ""
+
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split("\n")[0])
+
+    def psql(self, sql: str, user: str | None = None, timeout: float = 20) -> str:
+        result = subprocess.run(
+            as_owner(
+                [
+                    os.path.join(pg_bin_dir(), "psql"),
+                    "-X",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    str(self.socket_dir),
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    user or owner(),
+                    "-d",
+                    "postgres",
+                    "-c",
+                    sql,
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"psql failed: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    def processes(self) -> list[int]:
+        """Every process whose working directory is this data directory (postmaster, children, orphans)."""
+        out = []
+        target = os.path.realpath(self.data)
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.path.realpath(os.readlink(f"/proc/{name}/cwd")) == target:
+                        out.append(int(name))
+        return out
+
+    def wait_accepting(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if self.psql("SELECT 1", timeout=5) == "1":
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"{self.name} did not accept connections within {timeout}s")
+
+    def destroy(self) -> None:
+        """Kill everything in the data directory (after SIGCONT, in case a test stopped it) and remove it."""
+        for _ in range(100):
+            pids = self.processes()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def new_cluster(template: Path, name: str = "main", start: bool = True) -> Cluster:
+    root = make_temp_dir("pgmedic-test-")
+    data = root / "data"
+    subprocess.run(["cp", "-a", str(template), str(data)], check=True)
+    socket_dir = root / "sock"
+    socket_dir.mkdir()
+    chown_owner(socket_dir)
+    with open(data / "postgresql.conf", "a") as f:
+        f.write(f"unix_socket_directories = '{socket_dir}'\ncluster_name = '{name}'\n")
+    state = root / "state"
+    cluster = Cluster(name, root, data, free_port(), socket_dir, state, root / "pgmedic.yaml")
+    cluster.write_config()
+    if start:
+        try:
+            cluster.start()
+        except BaseException:
+            cluster.destroy()
+            raise
+    return cluster
+
+
+def write_config(path: Path, clusters: list[Cluster], state_dir: Path, **top: Any) -> Path:
+    """One pgmedic config naming several clusters (each with its own instance attributes)."""
+    doc: dict[str, Any] = {"remediator": {"state_dir": str(state_dir)}}
+    for key, value in top.items():
+        doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
+    doc["instances"] = {c.name: c.instance_attrs() for c in clusters}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@dataclass
+class Service:
+    """A long-running process started by a test (exporter, remediator, Prometheus…), always stopped."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    url: str = ""
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def start_service(name: str, argv: list[str], log_dir: Path, port: int, env: dict[str, str] | None = None) -> Service:
+    """Start ARGV, wait until it listens on 127.0.0.1:PORT (or fail with its log)."""
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+            start_new_session=True,
+        )
+    service = Service(name, proc, log_path, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}: {service.log()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return service
+        time.sleep(0.05)
+    service.stop()
+    raise RuntimeError(f"{name} did not listen on port {port} within 30s: {service.log()}")
+
+
+def pgmedic_service(kind: str, config: Path, log_dir: Path, port: int | None = None) -> Service:
+    """`pgmedic exporter` or `pgmedic remediator` on a free loopback port."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "pgmedic", "--config", str(config), kind, "--listen", f"127.0.0.1:{port}"]
+    return start_service(kind, argv, log_dir, port)
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll PREDICATE until it returns something truthy; fail with WHAT after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http(method: str, url: str, body: bytes | dict | None = None, token: str | None = None, timeout: float = 30):
+    """(status, parsed JSON or text) of one HTTP request; errors are returned, not raised."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode()
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
