@@ -1,0 +1,172 @@
+"""Drills on the real chain: PostgreSQL, exporter, remediator, Prometheus and Alertmanager, configured
+from the shipped alerts/ files. Each asserts the outcome and what the journal recorded."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pgmedic.drills import format_timeline, run_drill, timeline
+from pgmedic.stack import Stack, build_stack, missing_tools
+from tests.harness import pgmedic, wait_for
+from tests.ksys_sink import KsysSink
+
+
+@pytest.fixture
+def make_stack() -> Iterator[Callable[..., Stack]]:
+    assert not missing_tools(), f"missing {missing_tools()}: apt-get install -y prometheus prometheus-alertmanager"
+    stacks: list[Stack] = []
+
+    def factory(**kwargs) -> Stack:
+        stack = build_stack("e2e", **kwargs)
+        stacks.append(stack)
+        return stack
+
+    try:
+        yield factory
+    finally:
+        for stack in stacks:
+            stack.close()
+
+
+def kinds(stack: Stack) -> Counter:
+    return Counter(e["kind"] for e in stack.events())
+
+
+def notifications(stack: Stack) -> Counter:
+    return Counter(e["result"] for e in stack.events() if e["kind"] == "notification")
+
+
+def test_kill9_recovered_with_one_restart(make_stack) -> None:
+    stack = make_stack()
+    old = stack.cluster.postmaster_pid()
+    t0, _, ok = run_drill(stack, "kill9")
+    assert ok, stack.events()
+    assert stack.cluster.postmaster_pid() != old
+    time.sleep(1.5)
+    stages = timeline(stack, t0)
+    assert all(offset is not None for _, offset in stages), format_timeline(stages)
+    offsets = [offset for _, offset in stages]
+    assert offsets == sorted(offsets), format_timeline(stages)
+    k = kinds(stack)
+    assert k["restart_started"] == 1 and k["recovered"] == 1 and k["restart_failed"] == 0
+
+
+def test_three_crashes_15s_apart_three_recoveries(make_stack) -> None:
+    stack = make_stack()
+    last = 0.0
+    for i in range(3):
+        time.sleep(max(0.0, last + 15 - time.time()))
+        t0, _, ok = run_drill(stack, "kill9")
+        assert ok, f"crash {i + 1} was not repaired: {kinds(stack)}"
+        last = t0
+    k = kinds(stack)
+    assert k["restart_started"] == 3 and k["recovered"] == 3
+    episodes = {e["episode"] for e in stack.events() if e["kind"] == "restart_started"}
+    assert len(episodes) == 3, "each crash is its own failure episode"
+
+
+def test_sigstop_restarted_through_stop_escalation(make_stack) -> None:
+    stack = make_stack()
+    _t0, handle, ok = run_drill(stack, "sigstop")
+    assert ok, kinds(stack)
+    restarted = next(e for e in stack.events() if e["kind"] == "restarted")
+    assert restarted["action"] == "restart"
+    assert any("SIGKILL of postmaster" in step for step in restarted["steps"]), restarted["steps"]
+    assert not Path(f"/proc/{handle}").exists() or "Z" in Path(f"/proc/{handle}/stat").read_text().split(")")[1][:3]
+    notified = [e for e in stack.events() if e["kind"] == "notification" and e["result"] == "accepted"]
+    assert notified and notified[0]["alertname"] == "PostgresNotResponding"
+
+
+def test_killed_worker_is_repaired_by_postgresql_not_pgmedic(make_stack) -> None:
+    """The runbook: PostgreSQL re-forks its workers itself, PostgresCrashRestarted informs, no restart."""
+    stack = make_stack()
+    pid = stack.cluster.postmaster_pid()
+    _, _, ok = run_drill(stack, "worker")
+    assert ok, "PostgresCrashRestarted fired and the instance accepts connections"
+    time.sleep(3)
+    assert stack.cluster.postmaster_pid() == pid, "the postmaster survived; PostgreSQL re-initialised itself"
+    assert kinds(stack)["restart_started"] == 0
+    assert not stack.firing("PostgresBackgroundWorkerMissing")
+    up = stack.query('pg_background_worker_up{worker="checkpointer"}')
+    assert up and up[0]["value"][1] == "1"
+
+
+def test_exhausted_connections_alert_without_restart(make_stack) -> None:
+    stack = make_stack()
+    pid = stack.cluster.postmaster_pid()
+    _t0, clients, ok = run_drill(stack, "exhaust")
+    try:
+        assert ok, "PostgresConnectionsExhausted fired"
+        assert isinstance(clients, list) and len(clients) >= 30
+        assert not stack.firing("PostgresNotResponding") and not stack.firing("PostgresPostmasterDown")
+        up = stack.query("pg_up")
+        assert up and up[0]["value"][1] == "1", "pgmedic still connects through the superuser reserve"
+    finally:
+        for c in clients if isinstance(clients, list) else []:
+            c.close()
+    assert stack.cluster.postmaster_pid() == pid
+    assert kinds(stack)["restart_started"] == 0 and notifications(stack)["accepted"] == 0
+
+
+def test_stopped_exporter_alerts_and_the_database_is_not_touched(make_stack) -> None:
+    stack = make_stack()
+    pid = stack.cluster.postmaster_pid()
+    _, _, ok = run_drill(stack, "exporter")
+    assert ok, "PgmedicExporterDown fired"
+    assert not stack.firing("PostgresPostmasterDown") and not stack.firing("PostgresNotResponding")
+    assert stack.cluster.postmaster_pid() == pid
+    assert notifications(stack)["accepted"] == 0 and kinds(stack)["restart_started"] == 0
+
+
+def test_two_alertmanagers_one_restart(make_stack) -> None:
+    stack = make_stack(alertmanagers=2)
+    _, _, ok = run_drill(stack, "kill9")
+    assert ok
+    wait_for(lambda: notifications(stack)["duplicate"] >= 1, 20, "the second Alertmanager's delivery")
+    time.sleep(2)
+    assert kinds(stack)["restart_started"] == 1
+    assert notifications(stack)["accepted"] == 1
+
+
+def test_broken_start_script_spends_budget_then_failed_and_one_ksys_escalation(make_stack, tmp_path: Path) -> None:
+    broken = tmp_path / "broken-start.sh"
+    broken.write_text("#!/bin/sh\necho 'broken on purpose' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    sink = KsysSink()
+    try:
+        stack = make_stack(
+            instance={"start_script": str(broken), "max_restart": 3, "restart_delay": "0.2s", "critical": True},
+            ksys={"webhook": sink.url, "timeout": "2s"},
+        )
+        run_drill(stack, "kill9", wait=False)
+        wait_for(lambda: "escalated" in sink.kinds(), 60, "the escalation at KSYS")
+        time.sleep(3)
+        k = kinds(stack)
+        assert k["restart_started"] == 3 and k["restart_failed"] == 3 and k["failed"] == 1
+        assert Counter(sink.kinds())["escalated"] == 1
+        wait_for(lambda: stack.firing("PgmedicRestartBudgetExhausted"), 30, "PgmedicRestartBudgetExhausted")
+        assert pgmedic(None, "monitor", stack.cluster.name, config=stack.config_path).returncode == 5
+    finally:
+        sink.close()
+
+
+def test_suspended_instance_nothing_done(make_stack) -> None:
+    stack = make_stack()
+    assert pgmedic(None, "suspend", "instance", stack.cluster.name, config=stack.config_path).returncode == 0
+    run_drill(stack, "kill9", wait=False)
+    skipped = wait_for(
+        lambda: next((e for e in stack.events() if e["kind"] == "skipped"), None), 30, "the skipped decision"
+    )
+    assert "suspended" in skipped["reason"]
+    time.sleep(2)
+    assert kinds(stack)["restart_started"] == 0
+    assert (
+        not os.path.exists(f"/proc/{stack.cluster.postmaster_pid()}")
+        or pgmedic(None, "monitor", stack.cluster.name, config=stack.config_path).returncode == 3
+    )
