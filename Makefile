@@ -4,13 +4,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint rules-check system-deps venv bench clean
+.PHONY: test demo dashboards lint rules-check system-deps venv bench clean
 
 test: venv system-deps lint rules-check
 	$(PY) -m pytest tests
 
 demo: venv system-deps
 	$(VENV)/bin/pgmedic demo
+
+dashboards: venv
+	$(PY) grafana/build.py
 
 venv: $(STAMP)
 

@@ -132,16 +132,17 @@ def cmd_add(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> in
 
 def cmd_modify(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
     path = _writable_instance(config, args.name)
+    changes = _parse_attrs(args.attrs)
     merged: dict[str, Any] = dict(config.instance(args.name).attributes())
-    for key, value in _parse_attrs(args.attrs).items():
+    for key, value in changes.items():
         if value == "":
             merged.pop(key, None)
         else:
             merged[key] = value
-    if "configfile" in _parse_attrs(args.attrs) and merged.get("configfile"):
-        merged.pop("data_directory", None)
-    elif "data_directory" in _parse_attrs(args.attrs) and merged.get("data_directory"):
-        merged.pop("configfile", None)
+    # configfile and data_directory exclude each other: setting one replaces the other.
+    for given, other in (("configfile", "data_directory"), ("data_directory", "configfile")):
+        if changes.get(given):
+            merged.pop(other, None)
     inst = build_instance(args.name, merged, "command line")
     write_instance_file(path, inst.attributes(), argv)
     print(f"modified instance {args.name} in {path}")

@@ -225,7 +225,7 @@ class Cluster:
 
 
 def new_cluster(template: Path, name: str = "main", start: bool = True) -> Cluster:
-    root = make_temp_dir("pgmedic-test-")
+    root = make_temp_dir(f"pgmedic-{name}-")
     data = root / "data"
     subprocess.run(["cp", "-a", str(template), str(data)], check=True)
     socket_dir = root / "sock"

@@ -46,11 +46,12 @@ def missing_tools() -> list[str]:
 @dataclass
 class Stack:
     root: Path
-    cluster: Cluster
+    cluster: Cluster  # the main instance; `clusters` holds it and any extra ones
     config_path: Path
     token: str
     alerts_dir: Path
     services: dict[str, Service] = field(default_factory=dict)
+    clusters: dict[str, Cluster] = field(default_factory=dict)
 
     # ---- URLs and queries -----------------------------------------------------------------------
     def url(self, name: str) -> str:
@@ -104,12 +105,19 @@ class Stack:
         for service in reversed(list(self.services.values())):
             with contextlib.suppress(Exception):
                 service.stop()
-        self.cluster.destroy()
+        for cluster in self.clusters.values() or [self.cluster]:
+            cluster.destroy()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _alertmanager_config(shipped: Path, webhook: str, token_file: Path) -> dict[str, Any]:
-    """The shipped routing with the remediator's URL and the token path filled in."""
+def _alertmanager_config(
+    shipped: Path, webhook: str, token_file: Path, extra_receivers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The shipped routing with the remediator's URL and the token path filled in.
+
+    EXTRA_RECEIVERS ({pg_instance: webhook URL}) sends one instance's alerts elsewhere, ahead of the
+    shipped routes: bench/mttr.py's naive chain shares the pipeline and differs only in the receiver.
+    """
     doc = yaml.safe_load(shipped.read_text())
     for receiver in doc.get("receivers", []):
         for hook in receiver.get("webhook_configs", []):
@@ -117,6 +125,16 @@ def _alertmanager_config(shipped: Path, webhook: str, token_file: Path) -> dict[
             auth = hook.get("http_config", {}).get("authorization")
             if auth is not None:
                 auth["credentials_file"] = str(token_file)
+    remediation = next(r for r in doc["route"]["routes"] if r["receiver"] == "pgmedic-remediator")
+    for instance, url in (extra_receivers or {}).items():
+        doc["receivers"].append({"name": f"other-{instance}", "webhook_configs": [{"url": url, "send_resolved": True}]})
+        route = {
+            **remediation,
+            "receiver": f"other-{instance}",
+            "matchers": [f'pg_instance="{instance}"'],
+            "continue": False,
+        }
+        doc["route"]["routes"].insert(0, route)
     return doc
 
 
@@ -143,31 +161,37 @@ def build_stack(
     alertmanagers: int = 1,
     webhook: str | None = None,
     prometheus_overrides: dict[str, Any] | None = None,
+    extra_instances: dict[str, str] | None = None,
 ) -> Stack:
     """Start the chain; on any failure everything already started is torn down again.
 
-    WEBHOOK replaces the remediator as Alertmanager's receiver (bench/mttr.py's naive chain).
-    PROMETHEUS_OVERRIDES is merged into the global section (the fast profile).
+    WEBHOOK replaces the remediator as Alertmanager's receiver. EXTRA_INSTANCES ({name: webhook URL})
+    adds clusters served by the same exporter, Prometheus and Alertmanager whose alerts go to that
+    URL instead (bench/mttr.py's naive chain). PROMETHEUS_OVERRIDES is merged into the global
+    section (the fast profile).
     """
     missing = missing_tools()
     if missing:
         raise RuntimeError(f"missing {', '.join(missing)}: {TOOLS_HINT}")
     root = make_temp_dir(f"pgmedic-{name}-")
-    cluster = None
+    clusters: dict[str, Cluster] = {}
     stack = None
     try:
         template = make_template(root / "template-base")
-        cluster = new_cluster(template, name)
-        cluster.extra.update({**INSTANCE_DEFAULTS, **(instance or {})})
+        clusters: dict[str, Cluster] = {}
+        for cluster_name in (name, *(extra_instances or {})):
+            cluster = clusters[cluster_name] = new_cluster(template, cluster_name)
+            cluster.extra.update({**INSTANCE_DEFAULTS, **(instance or {})})
+        cluster = clusters[name]
         token = "pgmedic-" + str(time.time_ns())
         token_file = root / "webhook.token"
         token_file.write_text(token + "\n")
         token_file.chmod(0o600)
         config_path = write_config(
-            root / "pgmedic.yaml", [cluster], root / "state",
+            root / "pgmedic.yaml", list(clusters.values()), root / "state",
             remediator={"token_file": str(token_file)}, **({"ksys": ksys} if ksys else {}),
         )  # fmt: skip
-        stack = Stack(root, cluster, config_path, token, alerts_dir)
+        stack = Stack(root, cluster, config_path, token, alerts_dir, clusters=clusters)
         ports = {"exporter": free_port(), "remediator": free_port(), "prometheus": free_port()}
         stack.services["exporter"] = pgmedic_service("exporter", config_path, root, ports["exporter"])
         stack.services["remediator"] = pgmedic_service("remediator", config_path, root, ports["remediator"])
@@ -178,9 +202,8 @@ def build_stack(
             am_dir.mkdir()
             am_config = am_dir / "alertmanager.yml"
             hook = webhook or f"http://127.0.0.1:{ports['remediator']}/api/v1/alerts"
-            am_config.write_text(
-                yaml.safe_dump(_alertmanager_config(alerts_dir / "alertmanager.yml", hook, token_file))
-            )
+            routing = _alertmanager_config(alerts_dir / "alertmanager.yml", hook, token_file, extra_instances)
+            am_config.write_text(yaml.safe_dump(routing))
             argv = [
                 ALERTMANAGER, f"--config.file={am_config}", f"--storage.path={am_dir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn",
@@ -210,7 +233,7 @@ def build_stack(
         if stack is not None:
             stack.close()
         else:
-            if cluster is not None:
-                cluster.destroy()
+            for made in clusters.values():
+                made.destroy()
             shutil.rmtree(root, ignore_errors=True)
         raise

@@ -1,0 +1,432 @@
+#!/usr/bin/env python3
+"""Build grafana/dashboards/pgmedic-overview.json with the Grafana Foundation SDK (`make dashboards`).
+
+The committed JSON is generated, never hand-edited: tests/test_dashboards.py checks that it equals
+what this script produces, and runs every query against a live Prometheus.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import gauge, stat, statetimeline, timeseries
+from grafana_foundation_sdk.builders.prometheus import Dataquery
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as model
+
+OUTPUT = Path(__file__).resolve().parent / "dashboards" / "pgmedic-overview.json"
+DS = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+PG = 'job=~"$job", pg_instance=~"$pg_instance"'  # exporter series of the chosen instances
+REM = 'pg_instance=~"$pg_instance"'  # remediator series (job pgmedic-remediator)
+ON = "on (job, instance, pg_instance)"
+
+
+def query(expr: str, legend: str = "__auto", ref: str = "A", instant: bool = False) -> Dataquery:
+    q = Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DS)
+    return q.instant() if instant else q.range()
+
+
+def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
+    return (
+        db.ThresholdsConfig()
+        .mode(model.ThresholdsMode.ABSOLUTE)
+        .steps([model.Threshold(value=v, color=c) for v, c in steps])
+    )
+
+
+def mapping(**texts: tuple[str, str]) -> list[model.ValueMap]:
+    return [model.ValueMap(options={k: model.ValueMappingResult(text=t, color=c) for k, (t, c) in texts.items()})]
+
+
+UP_DOWN = mapping(**{"1": ("UP", "green"), "0": ("DOWN", "red")})
+RUNNING = mapping(**{"1": ("running", "green"), "0": ("missing", "red")})
+RED_AT_ZERO = thresholds((None, "red"), (1, "green"))
+STACKED = cb.StackingConfig().mode(common.StackingMode.NORMAL)
+
+
+def panel(kind, title: str, description: str, queries: list[Dataquery], unit: str, w: int, h: int = 7):
+    """A panel of KIND with a description (what it shows, what to do), its queries and unit."""
+    p = kind().title(title).description(description).datasource(DS).unit(unit).span(w).height(h)
+    for q in queries:
+        p = p.with_target(q)
+    return p
+
+
+def availability() -> list:
+    return [
+        panel(
+            stat.Panel,
+            "Postmaster",
+            "1 when postmaster.pid names a live postmaster of the data directory (OS view, "
+            "true even when SQL is impossible). DOWN: pgmedic restarts it; see the PostgresPostmasterDown runbook.",
+            [query(f"pg_postmaster_up{{{PG}}}", "{{pg_instance}}", instant=True)],
+            "none",
+            4,
+        )
+        .mappings(UP_DOWN)
+        .thresholds(RED_AT_ZERO),
+        panel(
+            stat.Panel,
+            "SQL (pg_up)",
+            "1 when a fresh connection and SELECT 1 succeeded in the last scrape. DOWN while "
+            "the postmaster is UP means hung or refusing: see PostgresNotResponding.",
+            [query(f"pg_up{{{PG}}}", "{{pg_instance}}", instant=True)],
+            "none",
+            4,
+        )
+        .mappings(UP_DOWN)
+        .thresholds(RED_AT_ZERO),
+        panel(
+            statetimeline.Panel,
+            "Postmaster state",
+            "The status line of postmaster.pid over time: starting, ready, "
+            "stopping, standby. Long 'starting' means crash recovery; pgmedic waits instead of restarting.",
+            [query(f"pg_postmaster_state{{{PG}}} == 1", "{{pg_instance}}: {{state}}")],
+            "none",
+            8,
+        ),
+        panel(
+            stat.Panel,
+            "Uptime",
+            "Time since the postmaster started. A reset means a restart (by pgmedic, an "
+            "administrator, or after a crash).",
+            [query(f"time() - pg_postmaster_start_time_seconds{{{PG}}}", "{{pg_instance}}", instant=True)],
+            "s",
+            4,
+        ).thresholds(thresholds((None, "orange"), (300, "green"))),
+        panel(
+            stat.Panel,
+            "Crash-restart cycles (24h)",
+            "How often the checkpointer was re-forked in 24 h: each time "
+            "is a crash-restart cycle or a restart. More than zero: read the server log around those times.",
+            [
+                query(
+                    f'sum by (pg_instance) (changes(pg_background_worker_start_time_seconds{{{PG}, worker="checkpointer"}}[24h]))',
+                    "{{pg_instance}}",
+                    instant=True,
+                )
+            ],
+            "none",
+            4,
+        ).thresholds(thresholds((None, "green"), (1, "orange"), (3, "red"))),
+    ]
+
+
+def workers() -> list:
+    return [
+        panel(
+            statetimeline.Panel,
+            "Background workers",
+            "Every worker this version and configuration should run, per "
+            "instance (unexpected ones are never shown). 'missing' for over a minute while the postmaster is ready: "
+            "PostgreSQL failed to re-fork it; see PostgresBackgroundWorkerMissing.",
+            [query(f"pg_background_worker_up{{{PG}}}", "{{pg_instance}} {{worker}}")],
+            "none",
+            16,
+            9,
+        )
+        .mappings(RUNNING)
+        .thresholds(RED_AT_ZERO),
+        panel(
+            timeseries.Panel,
+            "Processes by type",
+            "Live children of the postmaster by backend type (process titles).",
+            [
+                query(
+                    f"sum by (pg_instance, backend_type) (pg_processes{{{PG}}}) > 0", "{{pg_instance}} {{backend_type}}"
+                )
+            ],
+            "none",
+            8,
+            9,
+        ),
+    ]
+
+
+USABLE = f"(pg_settings_max_connections{{{PG}}} - {ON} pg_settings_superuser_reserved_connections{{{PG}}})"
+
+
+def connections() -> list:
+    return [
+        panel(
+            timeseries.Panel,
+            "Client backends by state",
+            "Client connections by state (pg_stat_activity) against the "
+            "usable limit, max_connections - superuser_reserved_connections. Many 'idle': a pooler would help.",
+            [
+                query(
+                    f"sum by (pg_instance, state) (pg_stat_activity_connections{{{PG}}})",
+                    "{{pg_instance}} {{state}}",
+                ),
+                query(USABLE, "{{pg_instance}} usable limit", "B"),
+            ],
+            "none",
+            8,
+        ).stacking(STACKED),
+        panel(
+            gauge.Panel,
+            "Connection utilisation",
+            "Client backends (counted from processes, so true even when the "
+            "server is full) over the usable limit. Over 80 %: PostgresConnectionsNearLimit; 100 %: new clients are "
+            "refused. pgmedic never restarts for this.",
+            [query(f"pg_client_connections{{{PG}}} / {ON} {USABLE}", "{{pg_instance}}", instant=True)],
+            "percentunit",
+            8,
+        )
+        .min(0)
+        .max(1)
+        .thresholds(thresholds((None, "green"), (0.8, "orange"), (1, "red"))),
+        panel(
+            timeseries.Panel,
+            "Oldest transaction",
+            "Age of the oldest open transaction by state. Long 'idle in "
+            "transaction' holds locks and blocks vacuum: find the session in pg_stat_activity.",
+            [query(f"pg_stat_activity_max_tx_duration_seconds{{{PG}}}", "{{pg_instance}} {{state}}")],
+            "s",
+            8,
+        ).thresholds(thresholds((None, "green"), (600, "orange"), (3600, "red"))),
+    ]
+
+
+def memory() -> list:
+    setting = "{{pg_instance}} %s"
+    return [
+        panel(
+            stat.Panel,
+            "Local memory settings",
+            "work_mem (per sort/hash node), maintenance_work_mem (vacuum, "
+            "CREATE INDEX), temp_buffers (per session), shared_buffers (shared, once).",
+            [
+                query(f"pg_settings_work_mem_bytes{{{PG}}}", setting % "work_mem", "A", True),
+                query(f"pg_settings_maintenance_work_mem_bytes{{{PG}}}", setting % "maintenance_work_mem", "B", True),
+                query(f"pg_settings_temp_buffers_bytes{{{PG}}}", setting % "temp_buffers", "C", True),
+                query(f"pg_settings_shared_buffers_bytes{{{PG}}}", setting % "shared_buffers", "D", True),
+            ],
+            "bytes",
+            8,
+        ),
+        panel(
+            timeseries.Panel,
+            "Private memory by backend type",
+            "Private (anonymous) resident memory summed per "
+            "backend type; shared buffers excluded, so the sum is real. Growing client_backend: big sorts or hashes.",
+            [
+                query(
+                    f'sum by (pg_instance, backend_type) (pg_process_memory_bytes{{{PG}, kind="anon"}})',
+                    "{{pg_instance}} {{backend_type}}",
+                )
+            ],
+            "bytes",
+            8,
+        ).stacking(STACKED),
+        panel(
+            timeseries.Panel,
+            "Largest backend vs worst case",
+            "The largest private memory of one client backend, the "
+            "sum over client backends, and the theoretical worst case max_connections x work_mem. Worst case above "
+            "the host's memory: lower work_mem or max_connections. Largest over 1 GiB: PostgresLocalMemoryHigh.",
+            [
+                query(f"pg_backend_memory_anon_max_bytes{{{PG}}}", "{{pg_instance}} largest backend"),
+                query(
+                    f'sum by (job, instance, pg_instance) (pg_process_memory_bytes{{{PG}, kind="anon", backend_type="client_backend"}})',
+                    "{{pg_instance}} all client backends",
+                    "B",
+                ),
+                query(
+                    f"pg_settings_max_connections{{{PG}}} * {ON} pg_settings_work_mem_bytes{{{PG}}}",
+                    "{{pg_instance}} max_connections x work_mem",
+                    "C",
+                ),
+            ],
+            "bytes",
+            8,
+        ),
+        panel(
+            timeseries.Panel,
+            "CPU by backend type",
+            "CPU seconds per second by backend type and mode, from /proc "
+            "(counters survive processes coming and going).",
+            [
+                query(
+                    f"sum by (pg_instance, backend_type) (rate(pg_process_cpu_seconds_total{{{PG}}}[$__rate_interval]))",
+                    "{{pg_instance}} {{backend_type}}",
+                )
+            ],
+            "percentunit",
+            24,
+        ),
+    ]
+
+
+def remediation() -> list:
+    return [
+        panel(
+            timeseries.Panel,
+            "Remediation actions",
+            "Starts and restarts by result. 'failed' means the instance did "
+            "not come back: the remediator retries within the budget, then the instance is FAILED.",
+            [
+                query(
+                    f"sum by (pg_instance, action, result) (increase(pgmedic_actions_total{{{REM}}}[$__rate_interval])) > 0",
+                    "{{pg_instance}} {{action}} {{result}}",
+                )
+            ],
+            "none",
+            8,
+        ).draw_style(common.GraphDrawStyle.BARS),
+        panel(
+            stat.Panel,
+            "Time to recovery",
+            "Median and 95th percentile from the alert's start until the instance "
+            "accepted connections again, over the dashboard's time range.",
+            [
+                query(
+                    f'histogram_quantile(0.5, sum by (le) (increase(pgmedic_recovery_seconds_bucket{{{REM}, since="alert_start"}}[$__range])))',
+                    "median",
+                    "A",
+                    True,
+                ),
+                query(
+                    f'histogram_quantile(0.95, sum by (le) (increase(pgmedic_recovery_seconds_bucket{{{REM}, since="alert_start"}}[$__range])))',
+                    "p95",
+                    "B",
+                    True,
+                ),
+            ],
+            "s",
+            4,
+        ).thresholds(thresholds((None, "green"), (5, "orange"), (30, "red"))),
+        panel(
+            stat.Panel,
+            "Restart budget left",
+            "Restarts the remediator may still make in the current window. 0 with "
+            "the state 'failed': pgmedic gave up; fix the cause, then `pgmedic resume instance NAME`.",
+            [query(f"pgmedic_restart_budget_remaining{{{REM}}}", "{{pg_instance}}", instant=True)],
+            "none",
+            4,
+        ).thresholds(thresholds((None, "red"), (1, "orange"), (2, "green"))),
+        panel(
+            statetimeline.Panel,
+            "Remediation state",
+            "ok, acting, suspended (maintenance: no actions) or failed "
+            "(budget spent: no actions until resume or the window passes; KSYS was told if critical).",
+            [query(f"pgmedic_instance_state{{{REM}}} == 1", "{{pg_instance}}: {{state}}")],
+            "none",
+            8,
+        ),
+        panel(
+            timeseries.Panel,
+            "Alert notifications",
+            "What the remediator decided about each alert it received: "
+            "accepted (a new failure), duplicate (a repeat delivery, nothing done), ignored, rejected (bad input or "
+            "credentials: check Alertmanager's webhook settings).",
+            [query("sum by (result) (increase(pgmedic_notifications_total[$__rate_interval]))", "{{result}}")],
+            "none",
+            8,
+        ),
+        panel(
+            timeseries.Panel,
+            "KSYS notifications",
+            "Event deliveries to KSYS. 'failed' attempts are retried with "
+            "backoff until delivered; see PgmedicKsysNotificationFailing.",
+            [query("sum by (result) (increase(pgmedic_ksys_notifications_total[$__rate_interval]))", "{{result}}")],
+            "none",
+            8,
+        ),
+    ]
+
+
+def exporter_health() -> list:
+    return [
+        panel(
+            statetimeline.Panel,
+            "Collector success",
+            "Each collector of each instance in each scrape; a failing "
+            "collector costs only its own metrics. SQL collectors fail while PostgreSQL is down, as they should.",
+            [query(f"pgmedic_collector_success{{{PG}}}", "{{pg_instance}} {{collector}}")],
+            "none",
+            12,
+            8,
+        )
+        .mappings(mapping(**{"1": ("ok", "green"), "0": ("failed", "red")}))
+        .thresholds(RED_AT_ZERO),
+        panel(
+            timeseries.Panel,
+            "Collector and scrape duration",
+            "Time per collector and for the whole scrape. A scrape "
+            "near the scrape timeout means SQL is slow to answer; the exporter cuts it off at the timeout.",
+            [
+                query(f"pgmedic_collector_duration_seconds{{{PG}}}", "{{pg_instance}} {{collector}}"),
+                query('scrape_duration_seconds{job=~"$job"}', "scrape {{instance}}", "B"),
+            ],
+            "s",
+            12,
+            8,
+        ),
+    ]
+
+
+ROWS = [
+    ("Availability", availability),
+    ("Background workers", workers),
+    ("Connections", connections),
+    ("Local memory", memory),
+    ("Remediation", remediation),
+    ("Exporter health", exporter_health),
+]
+
+
+def build() -> db.Dashboard:
+    board = (
+        db.Dashboard("pgmedic overview")
+        .uid("pgmedic-overview")
+        .description("PostgreSQL instances kept alive by pgmedic: availability, workers, connections, memory, remediation.")
+        .tags(["pgmedic", "postgresql"])
+        .refresh("10s")
+        .time("now-1h", "now")
+        .timezone("browser")
+        .with_variable(db.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+        .with_variable(
+            db.QueryVariable("job").label("Exporter job").datasource(DS)
+            .query("label_values(pg_postmaster_up, job)").refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .include_all(True).all_value(".*").multi(True)
+        )
+        .with_variable(
+            db.QueryVariable("pg_instance").label("Instance").datasource(DS)
+            .query('label_values(pg_postmaster_up{job=~"$job"}, pg_instance)')
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED).include_all(True).all_value(".*").multi(True)
+        )
+        .annotation(
+            db.AnnotationQuery().name("Postmaster restarts").datasource(DS).enable(True).icon_color("orange")
+            .expr(f"changes(pg_postmaster_start_time_seconds{{{PG}}}[1m]) > 0")
+        )
+        .annotation(
+            db.AnnotationQuery().name("Remediation actions").datasource(DS).enable(True).icon_color("red")
+            .expr(f"increase(pgmedic_actions_total{{{REM}}}[1m]) > 0")
+        )
+    )  # fmt: skip
+    for title, panels in ROWS:
+        board = board.with_row(db.Row(title))
+        for p in panels():
+            board = board.with_panel(p)
+    return board
+
+
+def render() -> str:
+    return JSONEncoder(sort_keys=True, indent=2).encode(build().build()) + "\n"
+
+
+def main() -> int:
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else OUTPUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render())
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
