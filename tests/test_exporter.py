@@ -268,3 +268,22 @@ def test_landing_page_and_404(cluster: Cluster, exporter_for) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(service.url + "/nope", timeout=10)
     assert err.value.code == 404
+
+
+def test_cpu_counter_never_decreases_when_backends_exit(cluster: Cluster, exporter_for) -> None:
+    service = exporter_for(cluster)
+    dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user={owner()}"
+    with psycopg.connect(dsn) as busy:
+        busy.execute("SELECT count(*) FROM generate_series(1, 3000000) g WHERE g % 7 = 3").fetchone()
+        samples, _ = scrape(service, timeout_header=5)
+        during = value(
+            samples, "pg_process_cpu_seconds_total", pg_instance="main", backend_type="client_backend", mode="user"
+        )
+    assert during > 0, "the busy backend's CPU time shows"
+    time.sleep(0.5)
+    samples, _ = scrape(service, timeout_header=5)
+    after = value(
+        samples, "pg_process_cpu_seconds_total", pg_instance="main", backend_type="client_backend", mode="user"
+    )
+    assert value(samples, "pg_client_connections", pg_instance="main") == 0, "the backend has exited"
+    assert after >= during, "a counter never goes down when the process behind it exits"

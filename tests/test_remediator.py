@@ -308,3 +308,24 @@ def test_auth_units() -> None:
     assert authorized("Bearer abc", "abc") and not authorized("Bearer abd", "abc")
     assert authorized("Basic " + base64.b64encode(b"alertmanager:abc").decode(), "abc")
     assert not authorized("Basic !!!", "abc") and not authorized("Token abc", "abc") and not authorized(None, "abc")
+
+
+def test_ksys_command_notifier_gets_the_event_on_stdin(cluster: Cluster, tmp_path: Path, services: list) -> None:
+    received = tmp_path / "ksys-events.jsonl"
+    notifier = tmp_path / "notify-ksys"
+    notifier.write_text(f"#!/bin/sh\ncat >> {received}\necho >> {received}\n")
+    notifier.chmod(0o755)
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    cfg = write_config(
+        tmp_path / "pgmedic.yaml", [cluster], tmp_path / "state",
+        remediator={"token_file": str(token)}, ksys={"command": [str(notifier)], "timeout": "5s"},
+    )  # fmt: skip
+    service = pgmedic_service("remediator", cfg, tmp_path, free_port())
+    services.append(service)
+    assert pgmedic(None, "suspend", "instance", "main", config=cfg).returncode == 0
+    lines = wait_for(lambda: received.exists() and received.read_text().split("\n")[0], 15, "the command's delivery")
+    event = json.loads(lines)
+    assert event["event"] == "suspended" and event["instance"] == "main" and event["schema"] == "pgmedic.event/v1"
+    _, metrics = http("GET", service.url + "/metrics")
+    assert 'pgmedic_ksys_notifications_total{result="delivered"} 1.0' in metrics
