@@ -8,7 +8,9 @@ pile up connections on a stuck server. Whatever has not answered by the deadline
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import resource
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,9 +34,9 @@ PENDING = SqlFacts(errors={"connection": "not yet answered"})
 class InstanceScraper:
     """Everything kept about one instance between scrapes: process tracker, last settings, SQL in flight."""
 
-    def __init__(self, cfg: InstanceConfig) -> None:
+    def __init__(self, cfg: InstanceConfig, max_handles: int) -> None:
         self.instance = Instance(cfg)
-        self.tracker = ProcessTracker()
+        self.tracker = ProcessTracker(max_handles)
         self.known: SqlFacts | None = None
         self._in_flight = threading.Lock()
         self.tracker_lock = threading.Lock()
@@ -62,7 +64,8 @@ class Exporter:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.scrapers = [InstanceScraper(cfg) for cfg in config.instances.values()]
+        per_instance = handle_budget() // max(1, len(config.instances))
+        self.scrapers = [InstanceScraper(cfg, per_instance) for cfg in config.instances.values()]
         self.executor = ThreadPoolExecutor(max_workers=max(2, len(self.scrapers) + 1), thread_name_prefix="pgmedic-sql")
 
     def scrape(self, timeout: float) -> MetricSet:
@@ -122,3 +125,23 @@ class Exporter:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        for scraper in self.scrapers:
+            with scraper.tracker_lock:
+                scraper.tracker.close()
+
+
+RESERVED_FDS = 256  # sockets, files and libraries of the exporter itself
+
+
+def handle_budget() -> int:
+    """How many per-process /proc handles (two descriptors each) the exporter may keep open.
+
+    Raises the soft descriptor limit to the hard one first: a thousand backends need two thousand.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 16
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return max(0, (soft - RESERVED_FDS) // 2)

@@ -81,5 +81,15 @@ def serve(config: Config, listen: str | None = None) -> int:
 
     host, port = split_listen(listen or config.exporter.listen)
     log.warning("pgmedic exporter on http://%s:%d/metrics for %d instance(s)", host, port, len(config.instances))
-    waitress.serve(create_app(config), host=host, port=port, threads=4, ident="pgmedic-exporter", _quiet=True)
+    # poll(), not select(): the exporter keeps two /proc descriptors per backend open, so with
+    # hundreds of backends its sockets get descriptor numbers beyond select()'s limit of 1024.
+    waitress.serve(
+        create_app(config),
+        host=host,
+        port=port,
+        threads=4,
+        ident="pgmedic-exporter",
+        asyncore_use_poll=True,
+        _quiet=True,
+    )
     return 0

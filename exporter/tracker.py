@@ -25,38 +25,70 @@ class ProcSample:
 
 
 class ProcessTracker:
-    def __init__(self) -> None:
+    def __init__(self, max_handles: int = 4096) -> None:
         self._types: dict[Key, str] = {}
         self._cpu: dict[Key, tuple[str, float, float]] = {}
         self.retired: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self._handles: dict[int, procfs.ProcHandle] = {}  # by pid; each bound to one process
+        self.max_handles = max_handles  # beyond it (descriptor limit), fall back to open/read/close
 
     def walk(self, postmaster_pid: int | None) -> list[ProcSample]:
-        """Read the postmaster and its children from /proc (stat, status; cmdline only for new processes)."""
+        """Read the postmaster and its children from /proc (stat, statm; cmdline only for new processes)."""
         samples: list[ProcSample] = []
+        seen: set[int] = set()
         if postmaster_pid is not None:
-            pm = procfs.read_stat(postmaster_pid)
-            if pm is not None:
-                samples.append(ProcSample(pm.pid, "postmaster", pm, procfs.read_memory(pm.pid)))
-                for pid in procfs.children(postmaster_pid):
-                    sample = self._child(pid)
-                    if sample is not None:
-                        samples.append(sample)
+            pids = [postmaster_pid, *procfs.children(postmaster_pid)]
+            for pid in pids:
+                sample = self._sample(pid, "postmaster" if pid == postmaster_pid else None)
+                if sample is not None:
+                    samples.append(sample)
+                    seen.add(pid)
+        for pid in [p for p in self._handles if p not in seen]:
+            self._handles.pop(pid).close()
         self._account(samples)
         return samples
 
-    def _child(self, pid: int) -> ProcSample | None:
+    def _read(self, pid: int) -> tuple[procfs.ProcStat, procfs.ProcMemory | None] | None:
+        handle = self._handles.get(pid)
+        if handle is not None:
+            got = handle.read()
+            if got is not None:
+                return got
+            handle.close()  # that process is gone; the pid may already name a new one
+            del self._handles[pid]
+        if len(self._handles) < self.max_handles:
+            try:
+                handle = procfs.ProcHandle(pid)
+            except OSError:
+                return None
+            got = handle.read()
+            if got is None:
+                handle.close()
+                return None
+            self._handles[pid] = handle
+            return got
         stat = procfs.read_stat(pid)
-        if stat is None or stat.is_zombie:
+        return (stat, procfs.read_memory(pid)) if stat is not None else None
+
+    def _sample(self, pid: int, kind: str | None) -> ProcSample | None:
+        got = self._read(pid)
+        if got is None or got[0].is_zombie:
             return None
+        stat, memory = got
         key = (pid, stat.start_ticks)
-        kind = self._types.get(key)
+        kind = kind or self._types.get(key)
         if kind is None:
             title = procfs.read_cmdline(pid)
             kind = classify_title(title) if title else None
             if kind is None:  # a fresh fork that has not set its title yet
                 return None
             self._types[key] = kind
-        return ProcSample(pid, kind, stat, procfs.read_memory(pid))
+        return ProcSample(pid, kind, stat, memory)
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
 
     def _account(self, samples: list[ProcSample]) -> None:
         live: dict[Key, tuple[str, float, float]] = {

@@ -7,6 +7,7 @@ this module reads /proc itself. Every reader returns None for a process that van
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -71,10 +72,13 @@ class ProcStat:
 
 
 def read_stat(pid: int) -> ProcStat | None:
-    """Parse /proc/PID/stat (the command name may hold spaces and parentheses, so split after the last ')')."""
+    """/proc/PID/stat, parsed; None when the process is gone."""
     data = _read(f"{PROC}/{pid}/stat")
-    if not data:
-        return None
+    return parse_stat(pid, data) if data else None
+
+
+def parse_stat(pid: int, data: bytes) -> ProcStat | None:
+    """Parse stat's text (the command name may hold spaces and parentheses, so split after the last ')')."""
     rest = data[data.rfind(b")") + 2 :].split()
     if len(rest) < 20:
         return None
@@ -132,18 +136,58 @@ def read_memory(pid: int) -> ProcMemory | None:
     which costs seconds on big hosts).
     """
     data = _read(f"{PROC}/{pid}/statm", 256)
-    if not data:
-        return None
+    return parse_statm(pid, data) if data else None
+
+
+def parse_statm(pid: int, data: bytes) -> ProcMemory:
     fields = data.split()
     page = page_size()
     resident, shared = int(fields[1]) * page, int(fields[2]) * page
-    swap = 0
-    if host_has_swap():
-        status = _read(f"{PROC}/{pid}/status", 8192) or b""
-        start = status.find(b"VmSwap:")
-        if start >= 0:
-            swap = int(status[start + 7 :].split(None, 1)[0]) * 1024
-    return ProcMemory(anon=resident - shared, shared=shared, swap=swap)
+    return ProcMemory(anon=resident - shared, shared=shared, swap=read_swap(pid) if host_has_swap() else 0)
+
+
+def read_swap(pid: int) -> int:
+    """VmSwap of PID in bytes (0 when gone)."""
+    status = _read(f"{PROC}/{pid}/status", 8192) or b""
+    start = status.find(b"VmSwap:")
+    return int(status[start + 7 :].split(None, 1)[0]) * 1024 if start >= 0 else 0
+
+
+class ProcHandle:
+    """Open /proc/PID/stat and /proc/PID/statm once and re-read them with pread at every scrape.
+
+    Re-reading an open procfs file regenerates it without the path lookup of a fresh open: half the
+    cost for thousands of backends. The descriptors stay bound to that one process: once it exits
+    they fail with ESRCH, so a reused pid is never mistaken for the old process.
+    """
+
+    __slots__ = ("pid", "stat_fd", "statm_fd")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.stat_fd = os.open(f"{PROC}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.statm_fd = os.open(f"{PROC}/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(self.stat_fd)
+            raise
+
+    def read(self) -> tuple[ProcStat, ProcMemory] | None:
+        """Fresh stat and memory; None once the process is gone (then close the handle)."""
+        try:
+            stat_data = os.pread(self.stat_fd, 4096, 0)
+            statm_data = os.pread(self.statm_fd, 256, 0)
+        except OSError:
+            return None
+        stat = parse_stat(self.pid, stat_data) if stat_data else None
+        if stat is None or not statm_data:
+            return None
+        return stat, parse_statm(self.pid, statm_data)
+
+    def close(self) -> None:
+        for fd in (self.stat_fd, self.statm_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def children(pid: int) -> list[int]:

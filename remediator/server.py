@@ -40,7 +40,9 @@ def serve(config: Config, listen: str | None = None) -> int:
         start_reaper(stop)
     app = create_app(config)
     rem = app.extensions["pgmedic"]
-    server = waitress.create_server(app, host=host, port=port, threads=8, ident="pgmedic-remediator")
+    server = waitress.create_server(
+        app, host=host, port=port, threads=8, ident="pgmedic-remediator", asyncore_use_poll=True
+    )
 
     def shutdown(signum: int, _frame: object) -> None:
         log.warning("signal %d: stopping", signum)

@@ -287,3 +287,25 @@ def test_cpu_counter_never_decreases_when_backends_exit(cluster: Cluster, export
     )
     assert value(samples, "pg_client_connections", pg_instance="main") == 0, "the backend has exited"
     assert after >= during, "a counter never goes down when the process behind it exits"
+
+
+def test_hundreds_of_backends_beyond_1024_descriptors(make_cluster: Callable[..., Cluster], exporter_for) -> None:
+    """Two /proc handles per backend push the exporter's sockets past select()'s 1024 limit: it must
+    keep answering (waitress on poll()), and count every backend."""
+    cluster = make_cluster(start=False)
+    with open(cluster.data / "postgresql.conf", "a") as f:
+        f.write("max_connections = 640\n")
+    cluster.start()
+    cluster.psql("CREATE ROLE app LOGIN")
+    service = exporter_for(cluster)
+    dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user=app"
+    clients = [psycopg.connect(dsn) for _ in range(600)]
+    try:
+        for _ in range(3):
+            samples, _ = scrape(service, timeout_header=10)
+            assert value(samples, "pg_client_connections", pg_instance="main") >= 600
+        fds = len(os.listdir(f"/proc/{service.proc.pid}/fd"))
+        assert fds > 1024, f"the exporter holds {fds} descriptors; the test must cross select()'s limit"
+    finally:
+        for c in clients:
+            c.close()
