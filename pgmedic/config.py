@@ -87,6 +87,7 @@ class RemediatorConfig:
     token_file: str | None = None
     state_dir: str = "/var/lib/pgmedic"
     actions: dict[str, str] = field(default_factory=dict)  # alertname -> action, beside the label
+    retention: float = 30 * 86400.0  # journal history kept; unfinished work is never pruned
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,13 @@ INSTANCE_KEYS: dict[str, Any] = {
     "critical": _bool,
 }
 EXPORTER_KEYS = {"listen": _listen, "default_scrape_timeout": _duration, "timeout_margin": parse_duration}
-REMEDIATOR_KEYS = {"listen": _listen, "token_file": _abs_path, "state_dir": _abs_path, "actions": _actions}
+REMEDIATOR_KEYS = {
+    "listen": _listen,
+    "token_file": _abs_path,
+    "state_dir": _abs_path,
+    "actions": _actions,
+    "retention": _duration,
+}
 KSYS_KEYS = {"command": _argv, "webhook": _url, "timeout": _duration}
 TOP_KEYS = ("instances", "exporter", "remediator", "ksys", "audit_log")
 

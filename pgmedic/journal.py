@@ -188,6 +188,25 @@ class Journal:
             self.add_event(db, instance, "resumed", notify, by=who, was_failed=before["failed_at"] is not None)
             return bool(before["suspended"]) or before["failed_at"] is not None
 
+    def prune(self, older_than: float) -> dict[str, int]:
+        """Delete history older than OLDER_THAN seconds: events, finished episodes, delivered KSYS rows.
+
+        Pending or running episodes and undelivered notifications are kept whatever their age: they
+        are work, not history. Returns how many rows went from each table.
+        """
+        cutoff = time.time() - older_than
+        with self.transaction() as db:
+            counts = {
+                "events": db.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount,
+                "episodes": db.execute(
+                    "DELETE FROM episodes WHERE updated_at < ? AND status NOT IN ('pending', 'running')", (cutoff,)
+                ).rowcount,
+                "outbox": db.execute(
+                    "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?", (cutoff,)
+                ).rowcount,
+            }
+        return counts
+
     def set_failed(self, db: sqlite3.Connection, instance: str, reason: str) -> None:
         self._ensure_state(db, instance)
         db.execute(

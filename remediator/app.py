@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from .notify import Deliverer
 from .payload import MAX_BODY, PayloadError, parse_payload
 
 log = logging.getLogger(__name__)
+HOUSEKEEPING_INTERVAL = 3600.0
 
 
 @dataclass
@@ -36,13 +38,30 @@ class Remediator:
     metrics: RemediatorMetrics
     secret: str | None
 
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+
     def start(self) -> None:
         self.engine.start()
         self.deliverer.start()
+        threading.Thread(target=self._housekeeping, name="pgmedic-housekeeping", daemon=True).start()
 
     def stop(self) -> None:
+        self._stop.set()
         self.engine.stop()
         self.deliverer.stop()
+
+    def _housekeeping(self) -> None:
+        """Prune journal history past the retention at start and then hourly."""
+        while True:
+            try:
+                pruned = self.journal.prune(self.config.remediator.retention)
+                if any(pruned.values()):
+                    log.warning("journal: pruned %s older than %.0fs", pruned, self.config.remediator.retention)
+            except Exception:
+                log.exception("journal pruning failed")
+            if self._stop.wait(HOUSEKEEPING_INTERVAL):
+                return
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:

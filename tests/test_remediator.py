@@ -329,3 +329,35 @@ def test_ksys_command_notifier_gets_the_event_on_stdin(cluster: Cluster, tmp_pat
     assert event["event"] == "suspended" and event["instance"] == "main" and event["schema"] == "pgmedic.event/v1"
     _, metrics = http("GET", service.url + "/metrics")
     assert 'pgmedic_ksys_notifications_total{result="delivered"} 1.0' in metrics
+
+
+def test_journal_prunes_history_but_never_unfinished_work(tmp_path: Path) -> None:
+    import sqlite3
+
+    from pgmedic.journal import Journal
+
+    journal = Journal(str(tmp_path))
+    old = time.time() - 40 * 86400
+    with journal.transaction() as db:
+        journal.add_event(db, "main", "restart_started", ("webhook",), episode="e-old")
+        journal.add_event(db, "main", "recovered", episode="e-new")
+        for key, status in (("e-old", "done"), ("e-stuck", "running"), ("e-new", "done")):
+            db.execute(
+                "INSERT INTO episodes (key, instance, action, status, received_at, updated_at) VALUES (?, 'main', "
+                "'start', ?, ?, ?)",
+                (key, status, old if key != "e-new" else time.time(), old if key != "e-new" else time.time()),
+            )
+        db.execute("UPDATE events SET ts = ? WHERE episode = 'e-old'", (old,))
+        db.execute(
+            "INSERT INTO outbox (notifier, payload, next_attempt, delivered_at) VALUES ('webhook', '{}', ?, ?)",
+            (old, old),
+        )
+    pruned = journal.prune(30 * 86400)
+    assert pruned == {"events": 1, "episodes": 1, "outbox": 1}
+    keys = {r["key"] for r in journal.query("SELECT key FROM episodes")}
+    assert keys == {"e-stuck", "e-new"}, "running work survives whatever its age"
+    undelivered = journal.query("SELECT count(*) FROM outbox WHERE delivered_at IS NULL")[0][0]
+    assert undelivered == 1, "an undelivered KSYS event is never pruned"
+    assert [e["kind"] for e in journal.events()] == ["recovered"]
+    assert isinstance(journal.query("PRAGMA journal_mode")[0][0], str)
+    assert sqlite3.connect(journal.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
