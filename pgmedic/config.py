@@ -26,7 +26,7 @@ from .ksysxml import data_directory_from_xml
 DEFAULT_CONFIG = "/etc/pgmedic/pgmedic.yaml"
 INSTANCES_DIR = "instances.d"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-ACTIONS = ("restart", "start", "stop", "none")
+ACTIONS = ("restart", "start", "none")  # what an alert may trigger; never an automatic stop
 
 
 @dataclass(frozen=True)

@@ -176,3 +176,16 @@ def test_parse_duration(text: object, seconds: float) -> None:
 def test_parse_duration_rejects(text: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_remediator_section_is_checked(tmp_path: Path, seed: Path) -> None:
+    cfg = write(tmp_path / "pgmedic.yaml", "remediator:\n  actions:\n    PostgresPostmasterDown: stop\n")
+    result = pgmedic(None, "check-config", config=cfg)
+    assert result.returncode == 2
+    assert (
+        "remediator.actions: action for 'PostgresPostmasterDown' must be one of restart, start, none" in result.stderr
+    )
+    cfg = write(tmp_path / "pgmedic.yaml", "remediator:\n  listen: 0.0.0.0\n")
+    assert "remediator.listen: expected HOST:PORT" in pgmedic(None, "check-config", config=cfg).stderr
+    cfg = write(tmp_path / "pgmedic.yaml", "ksys:\n  webhook: ftp://x\n")
+    assert "ksys.webhook: expected an http:// or https:// URL" in pgmedic(None, "check-config", config=cfg).stderr
