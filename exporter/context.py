@@ -20,6 +20,7 @@ class ScrapeContext:
     sql: SqlFacts  # this scrape's SQL visit (up=False with a reason when it could not happen)
     known: SqlFacts | None  # the last successful visit: settings and version rarely change
     processes: list[ProcSample] | None = None
+    own_backend: int | None = None  # the exporter's own SQL connection: not a client to count
     labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -41,22 +41,43 @@ class InstanceScraper:
         self._in_flight = threading.Lock()
         self.tracker_lock = threading.Lock()
 
-    def start_sql(self, executor: ThreadPoolExecutor, pid_file, timeout: float) -> Future[SqlFacts] | None:
+    def start_sql(
+        self, executor: ThreadPoolExecutor, pid_file, timeout: float
+    ) -> tuple[Future[SqlFacts], OwnBackend] | None:
         """Start this scrape's SQL visit, unless the previous one is still running (then None)."""
         if not self._in_flight.acquire(blocking=False):
             return None
+        own = OwnBackend()
 
         def visit() -> SqlFacts:
             try:
-                return sqlview.fetch(self.instance.config, pid_file, timeout)
+                return sqlview.fetch(self.instance.config, pid_file, timeout, own.connected)
             finally:
+                own.connected(None)  # wakes a waiter even if fetch ended early
                 self._in_flight.release()
 
         try:
-            return executor.submit(visit)
+            return executor.submit(visit), own
         except RuntimeError:
             self._in_flight.release()
             raise
+
+
+class OwnBackend:
+    """The backend pid of this scrape's own SQL connection, once its connection attempt has ended."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self._done = threading.Event()
+
+    def connected(self, pid: int | None) -> None:
+        if not self._done.is_set():
+            self.pid = pid
+            self._done.set()
+
+    def wait(self, timeout: float) -> int | None:
+        self._done.wait(max(0.0, timeout))
+        return self.pid
 
 
 class Exporter:
@@ -77,16 +98,19 @@ class Exporter:
         for scraper in self.scrapers:
             pid_file = scraper.instance.pid_file()
             postmaster = scraper.instance.postmaster(pid_file)
-            future = None
+            visit = None
             reason = "the postmaster is not running"
             if postmaster is not None:
-                future = scraper.start_sql(self.executor, pid_file, deadline - time.monotonic())
+                visit = scraper.start_sql(self.executor, pid_file, deadline - time.monotonic())
                 reason = "the previous scrape's SQL visit is still waiting for an answer"
-            plans.append((scraper, pid_file, postmaster, future, reason))
-        # The OS view runs while the SQL visits are in flight: their waits overlap.
+            plans.append((scraper, pid_file, postmaster, visit, reason))
+        # The OS view runs while the SQL queries are in flight: their waits overlap. It starts once the
+        # connection attempt has ended, so that the exporter's own backend is known and left out.
         contexts = []
-        for scraper, pid_file, postmaster, future, reason in plans:
+        for scraper, pid_file, postmaster, visit, reason in plans:
+            future, own = visit if visit is not None else (None, None)
             ctx = ScrapeContext(scraper.instance, scraper.tracker, pid_file, postmaster, PENDING, scraper.known)
+            ctx.own_backend = own.wait(deadline - time.monotonic()) if own is not None else None
             with scraper.tracker_lock:  # two concurrent scrapes must not interleave CPU accounting
                 for collector in OS_COLLECTORS:
                     self._run(collector, ctx, out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,14 +80,22 @@ class SqlFacts:
         return None if value is None else value in ("on", "always", "true")
 
 
-def fetch(cfg: InstanceConfig, pid_file: PidFile | None, timeout: float) -> SqlFacts:
-    """Connect, SELECT 1, then each query in turn; never raises."""
+def fetch(
+    cfg: InstanceConfig, pid_file: PidFile | None, timeout: float, on_connected: Callable[[int | None], None]
+) -> SqlFacts:
+    """Connect, SELECT 1, then each query in turn; never raises.
+
+    ON_CONNECTED gets this connection's backend pid (None if the connection failed) as soon as the
+    attempt ends, so the OS view can leave the exporter's own backend out of its counts.
+    """
     facts = SqlFacts()
     try:
         conn = connect(cfg, pid_file, timeout)
     except Exception as exc:
         facts.errors["connection"] = first_line(exc)
+        on_connected(None)
         return facts
+    on_connected(conn.info.backend_pid)
     with conn:
         try:
             conn.execute("SELECT 1").fetchone()

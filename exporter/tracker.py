@@ -32,13 +32,18 @@ class ProcessTracker:
         self._handles: dict[int, procfs.ProcHandle] = {}  # by pid; each bound to one process
         self.max_handles = max_handles  # beyond it (descriptor limit), fall back to open/read/close
 
-    def walk(self, postmaster_pid: int | None) -> list[ProcSample]:
-        """Read the postmaster and its children from /proc (stat, statm; cmdline only for new processes)."""
+    def walk(self, postmaster_pid: int | None, exclude: int | None = None) -> list[ProcSample]:
+        """Read the postmaster and its children from /proc (stat, statm; cmdline only for new processes).
+
+        EXCLUDE is the exporter's own backend: monitoring must not count itself as a client.
+        """
         samples: list[ProcSample] = []
         seen: set[int] = set()
         if postmaster_pid is not None:
             pids = [postmaster_pid, *procfs.children(postmaster_pid)]
             for pid in pids:
+                if pid == exclude:
+                    continue
                 sample = self._sample(pid, "postmaster" if pid == postmaster_pid else None)
                 if sample is not None:
                     samples.append(sample)

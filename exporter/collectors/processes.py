@@ -14,7 +14,7 @@ MEMORY_KINDS = ("anon", "shared", "swap")
 
 
 def collect(ctx: ScrapeContext, out: MetricSet) -> None:
-    samples = ctx.tracker.walk(ctx.postmaster.pid if ctx.postmaster else None)
+    samples = ctx.tracker.walk(ctx.postmaster.pid if ctx.postmaster else None, exclude=ctx.own_backend)
     ctx.processes = samples
     children = [s for s in samples if s.backend_type != "postmaster"]
     counts = Counter(s.backend_type for s in children)
