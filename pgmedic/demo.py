@@ -48,7 +48,7 @@ def run_demo(drill: str = "kill9", once: bool = False) -> int:
     print("pgmedic demo: starting PostgreSQL, exporter, remediator, Prometheus and Alertmanager on 127.0.0.1 …")
     try:
         stack = build_stack("demo")
-    except RuntimeError as exc:
+    except (RuntimeError, TimeoutError) as exc:  # a missing tool, or a part that never came up
         print(f"pgmedic demo: {exc}", file=sys.stderr)
         return 2
     interrupted = threading.Event()

@@ -129,7 +129,7 @@ def run_drill(stack: Stack, name: str, wait: bool = True) -> tuple[float, object
     try:
         wait_for(lambda: drill.done(stack, t0), drill.timeout, f"drill {name}", interval=0.1)
         return t0, handle, True
-    except AssertionError:
+    except TimeoutError:
         return t0, handle, False
 
 

@@ -208,7 +208,7 @@ class Cluster:
                 if self.psql("SELECT 1", timeout=5) == "1":
                     return
             time.sleep(0.2)
-        raise AssertionError(f"{self.name} did not accept connections within {timeout}s")
+        raise TimeoutError(f"{self.name} did not accept connections within {timeout}s")
 
     def destroy(self) -> None:
         """Kill everything in the data directory (after SIGCONT, in case a test stopped it) and remove it."""
@@ -320,7 +320,7 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 def http(method: str, url: str, body: bytes | dict | None = None, token: str | None = None, timeout: float = 30):
