@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client.exposition import choose_encoder
 
 from pgmedic import __version__
-from pgmedic.config import Config
+from pgmedic.config import Config, listen_address
 
 from .scraper import Exporter
 
@@ -71,15 +71,10 @@ def create_app(config: Config, exporter: Exporter | None = None) -> Callable[...
     return app
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def serve(config: Config, listen: str | None = None) -> int:
     import waitress
 
-    host, port = split_listen(listen or config.exporter.listen)
+    host, port = listen_address(config.path, "exporter.listen", listen, config.exporter.listen)
     log.warning("pgmedic exporter on http://%s:%d/metrics for %d instance(s)", host, port, len(config.instances))
     # poll(), not select(): the exporter keeps two /proc descriptors per backend open, so with
     # hundreds of backends its sockets get descriptor numbers beyond select()'s limit of 1024.

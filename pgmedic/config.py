@@ -223,11 +223,25 @@ def _url(value: Any) -> str:
     return text
 
 
-def _listen(value: Any) -> str:
-    text = _str(value)
-    host, sep, port = text.rpartition(":")
+def split_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets) as (host, port); ValueError says what is wrong."""
+    host, sep, port = text.strip().rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def listen_address(config_path: str, key: str, given: str | None, configured: str) -> tuple[str, int]:
+    """The (host, port) to serve on: --listen if given, else the config; a bad value is a ConfigError."""
+    try:
+        return split_listen(given or configured)
+    except ValueError as exc:
+        raise ConfigError("--listen" if given else config_path, None if given else key, str(exc)) from None
+
+
+def _listen(value: Any) -> str:
+    text = _str(value)
+    split_listen(text)
     return text
 
 

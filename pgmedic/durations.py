@@ -32,14 +32,3 @@ def parse_duration(value: object) -> float:
     if pos != len(text) or pos == 0:
         raise ValueError(f"expected a duration like 30s or 15m, got {value!r}")
     return total
-
-
-def format_duration(seconds: float) -> str:
-    """Render seconds compactly for humans (the inverse of parse_duration for whole units)."""
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{int(seconds // 3600)}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
-    if seconds == int(seconds):
-        return f"{int(seconds)}s"
-    return f"{seconds:g}s"

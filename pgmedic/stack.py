@@ -81,10 +81,6 @@ class Stack:
         status, body = http("GET", self.url("remediator") + f"/api/v1/events?since={since}&limit=10000")
         return body["events"] if status == 200 else []
 
-    def last_event_id(self) -> int:
-        events = self.events()
-        return events[-1]["id"] if events else 0
-
     def wait_ready(self, timeout: float = 60) -> None:
         """Until Prometheus scrapes both pgmedic targets and has loaded the rules."""
 

@@ -194,7 +194,7 @@ class Engine:
                 return Outcome("skipped", "healthy")
             if probe.state is State.REJECTING:
                 return self._wait_out(instance, episode, probe.detail, attempts)
-            used, last = self._budget_used(cfg)
+            used, last = self._budget_used(cfg, state.armed_at)
             if used >= cfg.max_restart:
                 self._fail(cfg, key, used)
                 return Outcome("failed", f"restart budget spent ({used} in {cfg.restart_window:g}s)")
@@ -307,9 +307,9 @@ class Engine:
             args += (episode,)
         return int(self.journal.query(sql, args)[0][0])
 
-    def _budget_used(self, cfg: InstanceConfig) -> tuple[int, float]:
-        """Restarts in the current window (since the window start or the last resume) and the time of the last."""
-        since = max(time.time() - cfg.restart_window, self.journal.state(cfg.name).armed_at)
+    def _budget_used(self, cfg: InstanceConfig, armed_at: float) -> tuple[int, float]:
+        """Restarts in the current window (since the window start or the last resume, ARMED_AT) and the last one's time."""
+        since = max(time.time() - cfg.restart_window, armed_at)
         rows = self.journal.query(
             "SELECT count(*), max(ts) FROM events WHERE instance = ? AND kind = 'restart_started' AND ts >= ?",
             (cfg.name, since),
@@ -322,7 +322,7 @@ class Engine:
         for name, cfg in self.config.instances.items():
             self.journal.expire_failed(name, cfg.restart_window)
             st = self.journal.state(name)
-            used, _ = self._budget_used(cfg)
+            used, _ = self._budget_used(cfg, st.armed_at)
             remaining = 0 if st.failed else max(0, cfg.max_restart - used)
             state = (
                 "failed" if st.failed else "suspended" if st.suspended else "acting" if name in self._acting else "ok"

@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 
-from pgmedic.config import Config
+from pgmedic.config import Config, listen_address
 from pgmedic.errors import ConfigError
 from pgmedic.reaper import become_subreaper, start_reaper
 
@@ -26,11 +26,9 @@ def is_loopback(host: str) -> bool:
 def serve(config: Config, listen: str | None = None) -> int:
     import waitress
 
-    from exporter.server import split_listen
-
     from .app import create_app
 
-    host, port = split_listen(listen or config.remediator.listen)
+    host, port = listen_address(config.path, "remediator.listen", listen, config.remediator.listen)
     if not config.remediator.token_file and not is_loopback(host):
         raise ConfigError(config.path, "remediator.token_file", f"required to listen on non-loopback address {host}")
     if not config.remediator.token_file:

@@ -189,3 +189,11 @@ def test_remediator_section_is_checked(tmp_path: Path, seed: Path) -> None:
     assert "remediator.listen: expected HOST:PORT" in pgmedic(None, "check-config", config=cfg).stderr
     cfg = write(tmp_path / "pgmedic.yaml", "ksys:\n  webhook: ftp://x\n")
     assert "ksys.webhook: expected an http:// or https:// URL" in pgmedic(None, "check-config", config=cfg).stderr
+
+
+@pytest.mark.parametrize("kind", ["exporter", "remediator"])
+def test_bad_listen_on_the_command_line_is_one_line_exit_2(tmp_path: Path, kind: str) -> None:
+    cfg = write(tmp_path / "pgmedic.yaml", "instances: {}\n")
+    result = pgmedic(None, kind, "--listen", "localhost", config=cfg, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "pgmedic: --listen: expected HOST:PORT, got 'localhost'"
