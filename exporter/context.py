@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pgmedic.instance import Instance, Postmaster
 from pgmedic.pidfile import PidFile
 
 from .sqlview import SqlFacts
-from .tracker import ProcessTracker, ProcSample
+from .tracker import ProcessTracker, TrackedProcess
 
 
 @dataclass
@@ -19,8 +20,9 @@ class ScrapeContext:
     postmaster: Postmaster | None
     sql: SqlFacts  # this scrape's SQL visit (up=False with a reason when it could not happen)
     known: SqlFacts | None  # the last successful visit: settings and version rarely change
-    processes: list[ProcSample] | None = None
-    own_backend: int | None = None  # the exporter's own SQL connection: not a client to count
+    processes: list[TrackedProcess] | None = None
+    # The pid of the exporter's own SQL backend (not a client to count), once its connect attempt ended.
+    own_backend: Callable[[], int | None] = lambda: None
     labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ pile up connections on a stuck server. Whatever has not answered by the deadline
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import resource
 import threading
@@ -25,7 +26,7 @@ from .collectors import OS_COLLECTORS, SQL_COLLECTORS
 from .context import CollectorFailed, ScrapeContext
 from .metrics import MetricSet
 from .sqlview import SqlFacts
-from .tracker import ProcessTracker
+from .tracker import FDS_PER_PROCESS, ProcessTracker
 
 log = logging.getLogger(__name__)
 PENDING = SqlFacts(errors={"connection": "not yet answered"})
@@ -75,8 +76,8 @@ class OwnBackend:
             self.pid = pid
             self._done.set()
 
-    def wait(self, timeout: float) -> int | None:
-        self._done.wait(max(0.0, timeout))
+    def wait_until(self, deadline: float) -> int | None:
+        self._done.wait(max(0.0, deadline - time.monotonic()))
         return self.pid
 
 
@@ -104,13 +105,14 @@ class Exporter:
                 visit = scraper.start_sql(self.executor, pid_file, deadline - time.monotonic())
                 reason = "the previous scrape's SQL visit is still waiting for an answer"
             plans.append((scraper, pid_file, postmaster, visit, reason))
-        # The OS view runs while the SQL queries are in flight: their waits overlap. It starts once the
-        # connection attempt has ended, so that the exporter's own backend is known and left out.
+        # The OS view runs while the SQL visits connect and query: their waits overlap. The processes
+        # collector asks for the exporter's own backend only after its walk, to leave it out.
         contexts = []
         for scraper, pid_file, postmaster, visit, reason in plans:
             future, own = visit if visit is not None else (None, None)
             ctx = ScrapeContext(scraper.instance, scraper.tracker, pid_file, postmaster, PENDING, scraper.known)
-            ctx.own_backend = own.wait(deadline - time.monotonic()) if own is not None else None
+            if own is not None:
+                ctx.own_backend = functools.partial(own.wait_until, deadline)
             with scraper.tracker_lock:  # two concurrent scrapes must not interleave CPU accounting
                 for collector in OS_COLLECTORS:
                     self._run(collector, ctx, out)
@@ -158,9 +160,9 @@ RESERVED_FDS = 256  # sockets, files and libraries of the exporter itself
 
 
 def handle_budget() -> int:
-    """How many per-process /proc handles (two descriptors each) the exporter may keep open.
+    """How many processes the exporter may keep /proc descriptors open for (FDS_PER_PROCESS each).
 
-    Raises the soft descriptor limit to the hard one first: a thousand backends need two thousand.
+    Raises the soft descriptor limit to the hard one first: a thousand backends need three thousand.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 16
@@ -168,4 +170,4 @@ def handle_budget() -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
-    return max(0, (soft - RESERVED_FDS) // 2)
+    return max(0, (soft - RESERVED_FDS) // FDS_PER_PROCESS)

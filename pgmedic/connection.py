@@ -10,11 +10,15 @@ which abandons (never blocks on) an attempt stuck on a frozen postmaster; libpq'
 from __future__ import annotations
 
 import math
+import select
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import psycopg
+from psycopg import pq
+from psycopg.conninfo import make_conninfo
 
 if TYPE_CHECKING:
     from .config import InstanceConfig
@@ -60,6 +64,40 @@ def connect_kwargs(cfg: InstanceConfig, pid_file: PidFile | None, timeout: float
 def connect(cfg: InstanceConfig, pid_file: PidFile | None, timeout: float) -> psycopg.Connection:
     """Open a new autocommit connection with connect, statement and lock timeouts set."""
     return psycopg.connect(**connect_kwargs(cfg, pid_file, timeout))
+
+
+def open_pgconn(cfg: InstanceConfig, pid_file: PidFile | None, deadline: float) -> pq.abc.PGconn:
+    """A raw libpq connection, opened without blocking and abandoned at DEADLINE (time.monotonic()).
+
+    For the exporter's hot path: no psycopg Connection around it, and no thread needed to bound the
+    attempt. Raises psycopg.OperationalError with libpq's message, or TimeoutError.
+    """
+    params = connect_kwargs(cfg, pid_file, max(0.001, deadline - time.monotonic()))
+    params.pop("autocommit")
+    pgconn = pq.PGconn.connect_start(make_conninfo(**params).encode())
+    try:
+        while True:
+            status = pgconn.connect_poll()
+            if status == pq.PollingStatus.OK:
+                return pgconn
+            if status == pq.PollingStatus.FAILED:
+                raise psycopg.OperationalError(pgconn.get_error_message())
+            wait_socket(pgconn.socket, deadline, write=status == pq.PollingStatus.WRITING)
+    except BaseException:
+        pgconn.finish()
+        raise
+
+
+def wait_socket(fd: int, deadline: float, write: bool = False) -> None:
+    """Block (without the GIL) until FD is readable (or writable), or raise TimeoutError at DEADLINE.
+
+    poll(), not select(): the exporter keeps thousands of /proc descriptors open, far beyond select()'s 1024.
+    """
+    remaining = deadline - time.monotonic()
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT if write else select.POLLIN)
+    if remaining <= 0 or not poller.poll(remaining * 1000):
+        raise TimeoutError("no answer before the scrape timeout")
 
 
 def call_with_deadline(fn: Callable[[], T], timeout: float, name: str = "pgmedic-deadline") -> T:

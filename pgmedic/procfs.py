@@ -7,7 +7,6 @@ this module reads /proc itself. Every reader returns None for a process that van
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ def boot_time() -> float:
     raise RuntimeError("/proc/stat has no btime line")
 
 
-def _read(path: str, size: int = 4096) -> bytes | None:
+def read_file(path: str, size: int = 4096) -> bytes | None:
     """One small /proc file with raw os calls (several times cheaper than open() for thousands of files)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -73,7 +72,7 @@ class ProcStat:
 
 def read_stat(pid: int) -> ProcStat | None:
     """/proc/PID/stat, parsed; None when the process is gone."""
-    data = _read(f"{PROC}/{pid}/stat")
+    data = read_file(f"{PROC}/{pid}/stat")
     return parse_stat(pid, data) if data else None
 
 
@@ -95,19 +94,10 @@ def parse_stat(pid: int, data: bytes) -> ProcStat | None:
 
 def read_cmdline(pid: int) -> str | None:
     """The process title: PostgreSQL overwrites argv, padding with NULs or spaces, which we trim."""
-    data = _read(f"{PROC}/{pid}/cmdline")
+    data = read_file(f"{PROC}/{pid}/cmdline")
     if data is None:
         return None
     return data.replace(b"\0", b" ").decode(errors="replace").strip()
-
-
-@dataclass(slots=True)
-class ProcMemory:
-    """Resident memory split as the kernel accounts it, in bytes."""
-
-    anon: int  # private anonymous memory: what this process alone costs
-    shared: int  # file-backed and shared memory (shared_buffers pages are counted in every backend)
-    swap: int
 
 
 @cache
@@ -123,71 +113,31 @@ def host_has_swap() -> bool:
     """Whether any swap is configured (re-read once a minute); without swap VmSwap is 0 for every process."""
     now = time.monotonic()
     if now - _swap_checked[0] > SWAP_CHECK_SECONDS:
-        data = _read(f"{PROC}/swaps") or b""
+        data = read_file(f"{PROC}/swaps") or b""
         _swap_checked[:] = [now, len(data.strip().split(b"\n")) > 1]
     return bool(_swap_checked[1])
 
 
-def read_memory(pid: int) -> ProcMemory | None:
-    """Anon and shared resident memory from /proc/PID/statm; swap from /proc/PID/status only if the host swaps.
+def parse_statm(data: bytes) -> tuple[int, int] | None:
+    """(anon, shared) resident bytes from /proc/PID/statm; None for a process without memory (a zombie).
 
     statm's resident = anon + file + shmem pages and its shared = file + shmem pages, exactly the
-    kernel's RssAnon and RssFile+RssShmem, at half the cost of parsing status (and no smaps walk,
-    which costs seconds on big hosts).
+    kernel's RssAnon and RssFile+RssShmem, at a fraction of the cost of parsing status (and no smaps
+    walk, which costs seconds on big hosts). shared_buffers pages count in every backend's "shared".
     """
-    data = _read(f"{PROC}/{pid}/statm", 256)
-    return parse_statm(pid, data) if data else None
-
-
-def parse_statm(pid: int, data: bytes) -> ProcMemory:
     fields = data.split()
+    if len(fields) < 3 or fields[0] == b"0":
+        return None
     page = page_size()
     resident, shared = int(fields[1]) * page, int(fields[2]) * page
-    return ProcMemory(anon=resident - shared, shared=shared, swap=read_swap(pid) if host_has_swap() else 0)
+    return resident - shared, shared
 
 
 def read_swap(pid: int) -> int:
     """VmSwap of PID in bytes (0 when gone)."""
-    status = _read(f"{PROC}/{pid}/status", 8192) or b""
+    status = read_file(f"{PROC}/{pid}/status", 8192) or b""
     start = status.find(b"VmSwap:")
     return int(status[start + 7 :].split(None, 1)[0]) * 1024 if start >= 0 else 0
-
-
-class ProcHandle:
-    """Open /proc/PID/stat and /proc/PID/statm once and re-read them with pread at every scrape.
-
-    Re-reading an open procfs file regenerates it without the path lookup of a fresh open: half the
-    cost for thousands of backends. The descriptors stay bound to that one process: once it exits
-    they fail with ESRCH, so a reused pid is never mistaken for the old process.
-    """
-
-    __slots__ = ("pid", "stat_fd", "statm_fd")
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.stat_fd = os.open(f"{PROC}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            self.statm_fd = os.open(f"{PROC}/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            os.close(self.stat_fd)
-            raise
-
-    def read(self) -> tuple[ProcStat, ProcMemory] | None:
-        """Fresh stat and memory; None once the process is gone (then close the handle)."""
-        try:
-            stat_data = os.pread(self.stat_fd, 4096, 0)
-            statm_data = os.pread(self.statm_fd, 256, 0)
-        except OSError:
-            return None
-        stat = parse_stat(self.pid, stat_data) if stat_data else None
-        if stat is None or not statm_data:
-            return None
-        return stat, parse_statm(self.pid, statm_data)
-
-    def close(self) -> None:
-        for fd in (self.stat_fd, self.statm_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 def children(pid: int) -> list[int]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -17,7 +19,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.sqlview import run_isolated
 from pgmedic.config import load_config
+from pgmedic.connection import open_pgconn
 from tests.harness import Cluster, Service, owner, pgmedic_service, write_config
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -312,3 +316,58 @@ def test_hundreds_of_backends_beyond_1024_descriptors(make_cluster: Callable[...
     finally:
         for c in clients:
             c.close()
+
+
+def test_backend_seen_idle_then_busy_shows_its_new_cpu_and_memory(cluster: Cluster, exporter_for) -> None:
+    """The tracker re-reads CPU times only when schedstat says a process ran, and memory only when statm
+    changed: a backend first seen idle must still show the CPU and memory it uses afterwards."""
+    service = exporter_for(cluster)
+    dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user={owner()}"
+
+    def cpu_and_largest() -> tuple[float, float]:
+        samples, _ = scrape(service, timeout_header=5)
+        cpu = sum(
+            value(samples, "pg_process_cpu_seconds_total", pg_instance="main", backend_type="client_backend", mode=m)
+            for m in ("user", "system")
+        )
+        return cpu, value(samples, "pg_backend_memory_anon_max_bytes", pg_instance="main")
+
+    with psycopg.connect(dsn, autocommit=True) as client:
+        client.execute("SET temp_buffers = '128MB'")
+        cpu_before, largest_before = cpu_and_largest()  # now tracked, idle
+        # Local buffers of a temp table stay allocated for the session: private (anon) memory.
+        client.execute("CREATE TEMP TABLE t AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 200000) g")
+        client.execute("SELECT count(*) FROM generate_series(1, 3000000) g WHERE g % 7 = 3").fetchone()
+        cpu_after, largest_after = cpu_and_largest()
+    assert cpu_after - cpu_before >= 0.05, (cpu_before, cpu_after)
+    assert largest_after - largest_before > 30 * 2**20, (largest_before, largest_after)
+
+
+def test_sql_statements_fail_alone_in_the_pipeline(cluster: Cluster) -> None:
+    cfg = load_config(cluster.config_path).instances["main"]
+    deadline = time.monotonic() + 10
+    pgconn = open_pgconn(cfg, None, deadline)
+    try:
+        out = run_isolated(
+            pgconn,
+            ["SELECT 1", "SELECT 1/0", "SELECT current_setting('no.such_setting')", "SELECT 'still here', NULL"],
+            deadline,
+        )
+    finally:
+        pgconn.finish()
+    assert out[0] == [("1",)]
+    assert isinstance(out[1], str) and "division by zero" in out[1]
+    assert isinstance(out[2], str) and "no.such_setting" in out[2]
+    assert out[3] == [("still here", None)], "a failed statement costs only itself"
+
+
+def test_connect_to_a_silent_server_gives_up_at_the_deadline(cluster: Cluster, tmp_path: Path) -> None:
+    """A socket that accepts and never answers (a frozen postmaster's backlog): no hang past the deadline."""
+    cfg = dataclasses.replace(load_config(cluster.config_path).instances["main"], host=str(tmp_path), port=5999)
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.bind(str(tmp_path / ".s.PGSQL.5999"))
+        silent.listen()
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            open_pgconn(cfg, None, began + 0.5)
+        assert time.monotonic() - began < 1.5

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 from pgmedic.titles import COMMON_BACKEND_TYPES
 
@@ -14,27 +14,39 @@ MEMORY_KINDS = ("anon", "shared", "swap")
 
 
 def collect(ctx: ScrapeContext, out: MetricSet) -> None:
-    samples = ctx.tracker.walk(ctx.postmaster.pid if ctx.postmaster else None, exclude=ctx.own_backend)
-    ctx.processes = samples
-    children = [s for s in samples if s.backend_type != "postmaster"]
-    counts = Counter(s.backend_type for s in children)
-    for kind in sorted(set(COMMON_BACKEND_TYPES) | set(counts)):
-        out.add("pg_processes", ctx.with_labels(backend_type=kind), counts.get(kind, 0))
-    out.add("pg_client_connections", ctx.labels, counts.get("client_backend", 0))
+    # The walk overlaps the SQL visit's connect; the exporter's own backend is left out afterwards.
+    walked = ctx.tracker.walk(ctx.postmaster.pid if ctx.postmaster else None)
+    procs = ctx.processes = ctx.tracker.disown(walked, ctx.own_backend())
+    # One pass over every process (a thousand backends is the hot path): per type, count, memory, CPU.
+    per_type: dict[str, list] = {}
+    largest = 0
+    for p in procs:
+        row = per_type.get(p.backend_type)
+        if row is None:
+            row = per_type[p.backend_type] = [0, 0, 0, 0, 0.0, 0.0]
+        row[0] += 1
+        row[1] += p.anon
+        row[2] += p.shared
+        row[3] += p.swap
+        row[4] += p.user_seconds
+        row[5] += p.system_seconds
+        if p.anon > largest and p.backend_type == "client_backend":
+            largest = p.anon
 
-    for (kind, mode), seconds in sorted(ctx.tracker.cpu_totals().items()):
+    children = {kind: row[0] for kind, row in per_type.items() if kind != "postmaster"}
+    for kind in sorted(set(COMMON_BACKEND_TYPES) | set(children)):
+        out.add("pg_processes", ctx.with_labels(backend_type=kind), children.get(kind, 0))
+    out.add("pg_client_connections", ctx.labels, children.get("client_backend", 0))
+
+    # Counters: processes that exited live on in the tracker's retired totals, so these never decrease.
+    cpu = defaultdict(float, ctx.tracker.retired)
+    for kind, row in per_type.items():
+        cpu[(kind, "user")] += row[4]
+        cpu[(kind, "system")] += row[5]
+    for (kind, mode), seconds in sorted(cpu.items()):
         out.add("pg_process_cpu_seconds_total", ctx.with_labels(backend_type=kind, mode=mode), seconds)
 
-    memory: defaultdict[tuple[str, str], int] = defaultdict(int)
-    largest = 0
-    for s in samples:
-        if s.memory is None:
-            continue
-        memory[(s.backend_type, "anon")] += s.memory.anon
-        memory[(s.backend_type, "shared")] += s.memory.shared
-        memory[(s.backend_type, "swap")] += s.memory.swap
-        if s.backend_type == "client_backend":
-            largest = max(largest, s.memory.anon)
-    for (kind, what), value in sorted(memory.items()):
-        out.add("pg_process_memory_bytes", ctx.with_labels(backend_type=kind, kind=what), value)
+    for kind, row in sorted(per_type.items()):
+        for what, value in zip(MEMORY_KINDS, row[1:4], strict=True):
+            out.add("pg_process_memory_bytes", ctx.with_labels(backend_type=kind, kind=what), value)
     out.add("pg_backend_memory_anon_max_bytes", ctx.labels, largest)

@@ -52,7 +52,7 @@ def collect(ctx: ScrapeContext, out: MetricSet) -> None:
     started: dict[str, float] = {}
     for s in ctx.processes or []:
         if s.backend_type in expected:
-            started[s.backend_type] = min(started.get(s.backend_type, s.stat.start_time), s.stat.start_time)
+            started[s.backend_type] = min(started.get(s.backend_type, s.start_time), s.start_time)
     for worker in WORKERS:
         if worker not in expected:
             continue
