@@ -5,7 +5,7 @@ Both scrape the same throwaway cluster in the same run, interleaved scrape by sc
 hits both alike, at idle and with 300 and 1000 client connections. Prints p50/p95 latency and RSS of
 each, and the ratios (pgmedic / peer: below 1.0 means pgmedic is cheaper).
 
-    .venv/bin/python bench/scrape.py [--rounds 40] [--loads 0,300,1000]
+    .venv/bin/python bench/scrape.py [--rounds 60] [--loads 0,300,1000]
 
 A benchmark, not a test: nothing here asserts. `make bench` installs the peer and runs it.
 """
@@ -61,7 +61,7 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--loads", default="0,300,1000")
     args = parser.parse_args()
     loads = [int(x) for x in args.loads.split(",")]

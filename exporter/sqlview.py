@@ -1,8 +1,9 @@
 """What one fresh SQL connection tells per scrape; every query isolated so one failure costs only itself.
 
 Runs in a worker thread under the scrape's deadline. The connection is opened anew each scrape
-(pg_up must mean "a client can connect now") and closed at once; statement_timeout and lock_timeout
-bound every query on the server side too.
+(pg_up must mean "a client can connect now") and closed at once; its statements go in one pipelined
+round trip, each in its own implicit transaction. The client gives up at the deadline, and
+statement_timeout and lock_timeout bound every statement on the server side too.
 """
 
 from __future__ import annotations
