@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.sqlview import run_isolated
+from exporter.tracker import ProcessTracker
 from pgmedic.config import load_config
 from pgmedic.connection import open_pgconn
 from tests.harness import Cluster, Service, owner, pgmedic_service, write_config
@@ -371,3 +372,22 @@ def test_connect_to_a_silent_server_gives_up_at_the_deadline(cluster: Cluster, t
         with pytest.raises(TimeoutError):
             open_pgconn(cfg, None, began + 0.5)
         assert time.monotonic() - began < 1.5
+
+
+def test_tracker_without_spare_descriptors_reads_the_same(cluster: Cluster) -> None:
+    """Past the descriptor budget the tracker reads /proc by path (checking the start time each time):
+    it must see the same processes, types and memory as with descriptors kept open."""
+    dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user={owner()}"
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    with psycopg.connect(dsn) as a, psycopg.connect(dsn) as b:
+        a.execute("SELECT 1")
+        b.execute("SELECT 1")
+        kept, by_path = ProcessTracker(), ProcessTracker(max_handles=0)
+        for _ in range(2):  # the second walk takes the re-read path of each tracker
+            with_fds = {p.pid: (p.backend_type, p.start_ticks, p.anon > 0) for p in kept.walk(postmaster)}
+            without = {p.pid: (p.backend_type, p.start_ticks, p.anon > 0) for p in by_path.walk(postmaster)}
+            assert with_fds == without
+        assert sum(1 for kind, _, _ in with_fds.values() if kind == "client_backend") == 2
+        assert all(anon for _, _, anon in with_fds.values())
+    kept.close()
+    by_path.close()
