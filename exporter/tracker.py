@@ -116,8 +116,6 @@ class TrackedProcess:
                 raise ProcessGone(self.pid)
             self.anon, self.shared = memory
             self.statm = statm
-        if procfs.host_has_swap():
-            self.swap = procfs.read_swap(self.pid)
 
     def close(self) -> None:
         for fd in (self.stat_fd, self.statm_fd, self.sched_fd):
@@ -131,7 +129,7 @@ def _pread(fd: int) -> bytes:
     try:
         return os.pread(fd, 4096, 0)
     except OSError:  # ESRCH: the process behind this descriptor has exited
-        raise ProcessGone(fd) from None
+        raise ProcessGone from None
 
 
 class ProcessTracker:
@@ -160,8 +158,6 @@ class ProcessTracker:
                         statm, sched = pread(proc.statm_fd, SMALL_READ, 0), pread(proc.sched_fd, SMALL_READ, 0)
                         if sched != proc.sched or statm != proc.statm:
                             proc.update(statm, sched)
-                        elif swapping:
-                            proc.swap = procfs.read_swap(pid)
                     elif proc.statm_fd is not None:
                         proc.update(pread(proc.statm_fd, SMALL_READ, 0), b"")
                     else:
@@ -174,6 +170,8 @@ class ProcessTracker:
                     proc = procs[pid] = TrackedProcess(pid, keep_open=len(procs) < self.max_handles)
                 except ProcessGone:
                     continue
+            if swapping:  # VmSwap changes while a process sleeps: read it every scrape, only on hosts that swap
+                proc.swap = procfs.read_swap(pid)
             if proc.backend_type is None:
                 proc.backend_type = "postmaster" if pid == postmaster_pid else _classify(pid)
             if proc.backend_type is not None and not proc.own:  # untyped: a fresh fork without its title yet
