@@ -12,7 +12,13 @@ Three chains in the same run, drills interleaved round by round so machine noise
 Recovery = the first successful SQL connection after the kill, seen by this script polling every
 20 ms. Prints median/min/max per chain, pgmedic's per-stage medians, and the ratios.
 
-    .venv/bin/python bench/mttr.py [--drills 7] [--fast]
+The crash-loop scenario (``--scenario crash-loop`` or ``both``, the default) kills the postmaster, and
+kills the new one again the moment it accepts connections (an extension that takes the server down on
+first use): it times the second recovery. Prometheus usually has not seen the instance up in between,
+so the alert keeps firing with its old startsAt and no new notification comes; a chain that only acts
+on notifications stalls there (counted as failed after 30 s).
+
+    .venv/bin/python bench/mttr.py [--drills 7] [--fast] [--scenario kill9|crash-loop|both]
 
 --fast runs the fast profile (250 ms scrapes and evaluation). A benchmark, not a test.
 """
@@ -64,9 +70,10 @@ def accepting(cluster: Cluster) -> bool:
         return False
 
 
-def kill_and_time(cluster: Cluster) -> tuple[float, float]:
+def kill_and_time(cluster: Cluster, jitter: bool = True) -> tuple[float, float]:
     """kill -9 the postmaster at a random phase of the scrape interval; (kill time, seconds until SQL works)."""
-    time.sleep(random.uniform(0.0, 1.0))  # drills 12 s apart would otherwise hit the same scrape phase
+    if jitter:
+        time.sleep(random.uniform(0.0, 1.0))  # drills 12 s apart would otherwise hit the same scrape phase
     pid = cluster.postmaster_pid()
     t0 = time.time()
     os.kill(pid, signal.SIGKILL)
@@ -76,6 +83,16 @@ def kill_and_time(cluster: Cluster) -> tuple[float, float]:
             return t0, time.time() - t0
         time.sleep(0.02)
     return t0, float("inf")
+
+
+def crash_loop_and_time(cluster: Cluster) -> float:
+    """kill -9, then kill -9 the new postmaster as soon as it accepts: seconds from the second kill to
+    accepting again. A chain that never brings it back is restarted by hand for the next round."""
+    _, first = kill_and_time(cluster)
+    second = kill_and_time(cluster, jitter=False)[1] if first != float("inf") else float("inf")
+    if second == float("inf") and not accepting(cluster):
+        pg_ctl_start(cluster)
+    return second
 
 
 class NaiveWebhook:
@@ -133,6 +150,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--drills", type=int, default=7)
     parser.add_argument("--fast", action="store_true", help="250 ms scrape and evaluation intervals")
+    parser.add_argument("--scenario", choices=("kill9", "crash-loop", "both"), default="both")
     args = parser.parse_args()
     stop_reaper = threading.Event()
     become_subreaper()
@@ -157,6 +175,23 @@ def main() -> int:
         naive_hook.cluster = naive_cluster
         floor_cluster = new_cluster(make_template(base), "floor")
         supervisor = Supervisor(floor_cluster)
+        chains = {"pgmedic": ours.cluster, "naive": naive_cluster, "floor": floor_cluster}
+        if args.scenario in ("crash-loop", "both"):
+            loops: dict[str, list[float]] = {name: [] for name in chains}
+            for i in range(args.drills):
+                began = time.time()
+                for name, cluster in chains.items():
+                    loops[name].append(crash_loop_and_time(cluster))
+                print(f"crash loop {i + 1}/{args.drills}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in loops.items()))
+                time.sleep(max(0.0, began + SETTLE - time.time()))
+            print(f"\ncrash loop: second kill right after the first recovery, {args.drills} drills per chain")
+            print(f"{'chain':>8} | {'median':>7} {'min':>7} {'max':>7} | {'failed':>6}")
+            for name, values in loops.items():
+                med, lo, hi, failed = summary(values)
+                print(f"{name:>8} | {med:>6.2f}s {lo:>6.2f}s {hi:>6.2f}s | {failed:>6}")
+            if args.scenario == "crash-loop":
+                return 0
+            print()
         results: dict[str, list[float]] = {"pgmedic": [], "naive": [], "floor": []}
         handling: dict[str, list[float]] = {"pgmedic": [], "naive": []}  # webhook received -> accepting
         stages: list[list[tuple[str, float | None]]] = []

@@ -24,9 +24,17 @@ class ScrapeContext:
     # The pid of the exporter's own SQL backend (not a client to count), once its connect attempt ended.
     own_backend: Callable[[], int | None] = lambda: None
     labels: dict[str, str] = field(default_factory=dict)
+    # Why the identity rule could not decide whose process postmaster.pid names (/proc not readable).
+    unverifiable: str | None = None
 
     def __post_init__(self) -> None:
         self.labels = {"pg_instance": self.instance.name}
+
+    def require_identity(self) -> None:
+        """For collectors that speak of the postmaster's processes: fail rather than guess when the
+        identity rule could not decide whose process postmaster.pid names."""
+        if self.unverifiable:
+            raise CollectorFailed(self.unverifiable)
 
     def with_labels(self, **extra: str) -> dict[str, str]:
         return {**self.labels, **extra}

@@ -19,7 +19,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from pgmedic import __version__
 from pgmedic.config import Config, InstanceConfig
-from pgmedic.instance import Instance
+from pgmedic.instance import Instance, Verdict
 
 from . import sqlview
 from .collectors import OS_COLLECTORS, SQL_COLLECTORS
@@ -98,19 +98,24 @@ class Exporter:
         plans = []
         for scraper in self.scrapers:
             pid_file = scraper.instance.pid_file()
-            postmaster = scraper.instance.postmaster(pid_file)
+            identity = scraper.instance.identify(pid_file)
+            postmaster = identity.postmaster
             visit = None
             reason = "the postmaster is not running"
             if postmaster is not None:
                 visit = scraper.start_sql(self.executor, pid_file, deadline - time.monotonic())
                 reason = "the previous scrape's SQL visit is still waiting for an answer"
-            plans.append((scraper, pid_file, postmaster, visit, reason))
+            plans.append((scraper, pid_file, identity, visit, reason))
         # The OS view runs while the SQL visits connect and query: their waits overlap. The processes
         # collector asks for the exporter's own backend only after its walk, to leave it out.
         contexts = []
-        for scraper, pid_file, postmaster, visit, reason in plans:
+        for scraper, pid_file, identity, visit, reason in plans:
             future, own = visit if visit is not None else (None, None)
-            ctx = ScrapeContext(scraper.instance, scraper.tracker, pid_file, postmaster, PENDING, scraper.known)
+            ctx = ScrapeContext(
+                scraper.instance, scraper.tracker, pid_file, identity.postmaster, PENDING, scraper.known
+            )
+            if identity.verdict is Verdict.UNVERIFIABLE:
+                ctx.unverifiable = identity.reason
             if own is not None:
                 ctx.own_backend = functools.partial(own.wait_until, deadline)
             with scraper.tracker_lock:  # two concurrent scrapes must not interleave CPU accounting

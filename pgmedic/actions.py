@@ -12,20 +12,20 @@ refuses to start while either still exists.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
 from dataclasses import dataclass, field
 
-from . import procfs
+from . import procfs, signals
 from .errors import ActionError
-from .instance import Instance, Probe, State
-from .runner import RunResult, run
+from .instance import Identity, Instance, Probe, State, Verdict
+from .runner import RunResult, base_env, run
+from .trust import program_problem
 
 REAP_WAIT_SECONDS = 10.0  # how long to wait for a dead postmaster's zombie and orphans
 IMMEDIATE_STOP_MAX = 10.0
-PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
+EXIT_REFUSED = 2  # an action refused for a configuration or deployment reason (as for a config error)
 
 
 @dataclass
@@ -45,12 +45,6 @@ class ActionResult:
         return 0 if self.ok else 1
 
 
-def base_env() -> dict[str, str]:
-    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    return env
-
-
 def script_env(instance: Instance) -> dict[str, str]:
     """What a user script is told about its instance."""
     cfg = instance.config
@@ -67,7 +61,15 @@ def script_env(instance: Instance) -> dict[str, str]:
 
 
 def _run_script(instance: Instance, action: str, script: str, timeout: float) -> ActionResult:
-    result = run([script], timeout=timeout, env=script_env(instance))
+    """Run a user's script as ``script_user`` (the owner by default), only if nobody else can change it."""
+    user = instance.config.script_user
+    problem = program_problem(script, user)
+    if problem:
+        return ActionResult(action, False, problem, code=EXIT_REFUSED)
+    try:
+        result = run([script], timeout=timeout, env=script_env(instance), user=user)
+    except ActionError as exc:
+        return ActionResult(action, False, str(exc), code=EXIT_REFUSED)
     code = 1 if result.returncode is None else result.returncode
     return ActionResult(
         action, result.ok, f"{script}: {result.describe()}", result.duration, [result.describe()], code=code
@@ -99,10 +101,16 @@ def start(instance: Instance) -> ActionResult:
     problem = instance.data_directory_problem()
     if problem:
         return ActionResult("start", False, f"refused: {problem}")
-    running = instance.postmaster()
-    if running is not None:
-        return ActionResult("start", False, f"refused: postmaster {running.pid} is already running this data directory")
+    identity = instance.identify()
+    if identity.postmaster is not None:
+        pid = identity.postmaster.pid
+        return ActionResult("start", False, f"refused: postmaster {pid} is already running this data directory")
+    if identity.verdict is Verdict.UNVERIFIABLE:
+        return ActionResult("start", False, f"refused: {identity.reason}", code=EXIT_REFUSED)
     steps = wait_for_leftovers(instance)
+    identity = instance.identify()
+    if identity.blocks_start and identity.pid_file is not None:
+        return ActionResult("start", False, f"refused: {start_conflict(identity)}", time.monotonic() - began, steps)
     if cfg.start_script:
         result = _run_script(instance, "start", cfg.start_script, cfg.start_timeout)
         result.steps[:0] = steps
@@ -124,6 +132,20 @@ def start(instance: Instance) -> ActionResult:
         f"pg_ctl start failed ({result.describe()}); see {log_file(instance)}",
         time.monotonic() - began,
         steps,
+    )
+
+
+def start_conflict(identity: Identity) -> str:
+    """One line: why PostgreSQL will refuse to start while postmaster.pid names a live process."""
+    assert identity.pid_file is not None
+    pid = identity.pid_file.pid
+    cwd = procfs.read_link(pid, "cwd")
+    exe = procfs.read_link(pid, "exe")
+    what = f"a live {os.path.basename(exe.split(' ')[0]) if exe else 'process'} of the owner"
+    where = f" in {cwd.removesuffix(' (deleted)')}" if cwd else ""
+    return (
+        f"postmaster.pid names pid {pid}, {what}{where} ({identity.reason}); PostgreSQL refuses to start while "
+        "that process runs, and pgmedic never deletes postmaster.pid: stop that process or remove the file by hand"
     )
 
 
@@ -172,57 +194,69 @@ def orphans(instance: Instance) -> list[int]:
 
 # ---- stop ----------------------------------------------------------------------------------------
 
+# The signals pg_ctl sends for each shutdown mode; pgmedic sends them itself, through a pidfd on the
+# verified postmaster, because pg_ctl signals whatever pid postmaster.pid names.
+SHUTDOWN_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 
-def stop(instance: Instance) -> ActionResult:
-    """Stop: fast shutdown, then immediate, then SIGKILL of the verified postmaster and its children."""
+
+def stop(instance: Instance, reason: str = "pgmedic stop") -> ActionResult:
+    """Stop: fast shutdown, then immediate, then SIGKILL of the verified postmaster and its children.
+
+    Every signal goes through a pidfd on the postmaster verified by the identity rule, so a pid file
+    that names another cluster's postmaster, or a pid reused meanwhile, is never hit.
+    """
     began = time.monotonic()
     cfg = instance.config
     if cfg.stop_script:
         return _run_script(instance, "stop", cfg.stop_script, cfg.stop_timeout)
-    postmaster = instance.postmaster()
+    identity = instance.identify()
+    postmaster = identity.postmaster
     if postmaster is None:
-        return ActionResult("stop", True, "not running", time.monotonic() - began)
+        if identity.verdict is Verdict.UNVERIFIABLE:
+            return ActionResult(
+                "stop", False, f"refused: {identity.reason}", time.monotonic() - began, code=EXIT_REFUSED
+            )
+        message = "not running" + (f" (stale postmaster.pid: {identity.reason})" if identity.pid_file else "")
+        return ActionResult("stop", True, message, time.monotonic() - began)
+    handles = postmaster.handles()
+    if handles is None:
+        return ActionResult("stop", True, "not running (the postmaster exited meanwhile)", time.monotonic() - began)
+    own, children = handles
     steps: list[str] = []
-    immediate = max(2.0, min(cfg.stop_timeout, IMMEDIATE_STOP_MAX))
-    for mode, timeout in (("fast", cfg.stop_timeout), ("immediate", immediate)):
-        try:
-            result = _pg_ctl(instance, ["stop", "-w", "-m", mode, "-t", str(max(1, int(timeout)))], timeout + 5)
-        except (ActionError, FileNotFoundError) as exc:
-            return ActionResult("stop", False, str(exc), time.monotonic() - began, steps)
-        steps.append(f"pg_ctl stop -m {mode}: {result.describe()}")
-        if instance.postmaster() is None:
-            instance.wait_until_gone([postmaster.pid], REAP_WAIT_SECONDS)
-            return ActionResult("stop", True, f"stopped ({mode})", time.monotonic() - began, steps)
-    steps.append(kill_postmaster(instance))
+    try:
+        immediate = max(2.0, min(cfg.stop_timeout, IMMEDIATE_STOP_MAX))
+        for mode, timeout in (("fast", cfg.stop_timeout), ("immediate", immediate)):
+            steps.append(own.send(SHUTDOWN_SIGNALS[mode], f"{mode} shutdown: {reason}"))
+            if own.wait_exit(timeout):
+                instance.wait_until_gone([postmaster.pid], REAP_WAIT_SECONDS)
+                steps.append(f"postmaster {postmaster.pid} exited after {mode} shutdown")
+                return ActionResult("stop", True, f"stopped ({mode})", time.monotonic() - began, steps)
+            steps.append(f"postmaster {postmaster.pid} still running {timeout:g}s after {mode} shutdown")
+        steps.append(_kill(instance, own, children, reason))
+    finally:
+        for handle in (own, *children):
+            handle.close()
     if instance.postmaster() is None:
         return ActionResult("stop", True, "stopped (SIGKILL)", time.monotonic() - began, steps)
     return ActionResult("stop", False, "postmaster survived SIGKILL", time.monotonic() - began, steps)
 
 
-def kill_postmaster(instance: Instance) -> str:
-    """SIGKILL the verified postmaster and all its children, then wait until they are really gone."""
-    postmaster = instance.postmaster()
-    if postmaster is None:
-        return "SIGKILL: nothing to kill"
-    victims = [postmaster.pid] + [c.pid for c in postmaster.children()]
-    # Re-verify right before the signal: the pid must still be the same process (same start time).
-    current = procfs.read_stat(postmaster.pid)
-    if current is None or current.start_ticks != postmaster.stat.start_ticks:
-        return "SIGKILL: postmaster already gone"
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def _kill(instance: Instance, own: signals.ProcessHandle, children: list[signals.ProcessHandle], reason: str) -> str:
+    # Children first: once the postmaster is gone they are reparented, but their pidfds still name them.
+    for handle in (*children, own):
+        handle.send(signal.SIGKILL, f"last resort: {reason}")
     began = time.monotonic()
-    gone = instance.wait_until_gone(victims, REAP_WAIT_SECONDS)
+    exited = signals.wait_all_exited([own, *children], REAP_WAIT_SECONDS)
+    gone = exited and instance.wait_until_gone([h.pid for h in (own, *children)], REAP_WAIT_SECONDS)
     took = time.monotonic() - began
     left = "" if gone else " (some still exist)"
-    return f"SIGKILL of postmaster {postmaster.pid} and {len(victims) - 1} children; gone after {took:.1f}s{left}"
+    return f"SIGKILL of postmaster {own.pid} and {len(children)} children; gone after {took:.1f}s{left}"
 
 
-def restart(instance: Instance) -> ActionResult:
+def restart(instance: Instance, reason: str = "pgmedic restart") -> ActionResult:
     """Stop (with escalation) then start; one result with both sets of steps."""
     began = time.monotonic()
-    stopped = stop(instance)
+    stopped = stop(instance, reason)
     if not stopped.ok:
         return ActionResult(
             "restart", False, f"stop failed: {stopped.message}", time.monotonic() - began, stopped.steps

@@ -24,10 +24,13 @@ from typing import Any
 
 from . import __version__, actions
 from .config import INSTANCE_KEYS, Config, build_instance, load_config
+from .deployment import deployment_problems
 from .errors import ConfigError, PgmedicError
 from .instance import Instance
 from .journal import open_journal
+from .signals import SIGNAL_STEP
 from .store import audit, write_instance_file
+from .text import control_character, shown
 
 CLASSES = ("instance", "app", "application")
 EXIT_USAGE = 2
@@ -89,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_class(word: str) -> None:
     if word.lower() not in CLASSES:
-        raise UsageError(f"unknown class {word!r}: expected instance (or app, application)")
+        raise UsageError(f"unknown class {shown(word)}: expected instance (or app, application)")
 
 
 def _parse_attrs(pairs: Sequence[str]) -> dict[str, str]:
@@ -97,11 +100,11 @@ def _parse_attrs(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UsageError(f"expected ATTR=VALUE, got {pair!r}")
+            raise UsageError(f"expected ATTR=VALUE, got {shown(pair)}")
         if key not in INSTANCE_KEYS:
-            raise UsageError(f"unknown attribute {key!r} (known: {', '.join(INSTANCE_KEYS)})")
+            raise UsageError(f"unknown attribute {shown(key)} (known: {', '.join(INSTANCE_KEYS)})")
         if key in out:
-            raise UsageError(f"attribute {key!r} given twice")
+            raise UsageError(f"attribute {shown(key)} given twice")
         out[key] = value
     return out
 
@@ -115,14 +118,16 @@ def _writable_instance(config: Config, name: str) -> Path:
     inst = config.instance(name)
     path = _instance_file(config, name)
     if Path(inst.source) != path:
-        raise UsageError(f"instance {name!r} is defined in {inst.source}; edit that file by hand")
+        raise UsageError(f"instance {shown(name)} is defined in {inst.source}; edit that file by hand")
     return path
 
 
 def cmd_add(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
     attrs = _parse_attrs(args.attrs)
     if args.name in config.instances:
-        raise UsageError(f"instance {args.name!r} already exists (in {config.instances[args.name].source}); use modify")
+        raise UsageError(
+            f"instance {shown(args.name)} already exists (in {config.instances[args.name].source}); use modify"
+        )
     path = _instance_file(config, args.name)
     inst = build_instance(args.name, attrs, "command line")
     write_instance_file(path, inst.attributes(), argv)
@@ -158,13 +163,17 @@ def cmd_delete(config: Config, args: argparse.Namespace, argv: Sequence[str]) ->
 
 def cmd_suspend_resume(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
     config.instance(args.name)
-    journal = open_journal(config.remediator.state_dir)
+    journal = open_journal(config.remediator.state_dir, group=config.remediator.state_group)
     assert journal is not None
-    who = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.geteuid())
-    changed = journal.set_suspended(args.name, args.command == "suspend", who, config.ksys.notifiers)
+    changed = journal.set_suspended(args.name, args.command == "suspend", invoking_user(), config.ksys.notifiers)
     verb = "suspended" if args.command == "suspend" else "resumed"
     print(f"instance {args.name} {verb}" + ("" if changed else " (it already was)"))
     return 0
+
+
+def invoking_user() -> str:
+    """Who runs this command: the sudo caller if any, else the login name, else the uid."""
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.geteuid())
 
 
 def describe(config: Config, name: str, live: bool = True) -> dict[str, Any]:
@@ -181,7 +190,7 @@ def describe(config: Config, name: str, live: bool = True) -> dict[str, Any]:
             out["postmaster_pid"] = probe.postmaster.pid
             out["postmaster_start_time"] = probe.postmaster.start_time
             out["pid_file_status"] = probe.pid_file.status if probe.pid_file else None
-    journal = open_journal(config.remediator.state_dir, create=False)
+    journal = open_journal(config.remediator.state_dir, create=False, group=config.remediator.state_group)
     if journal is not None:
         st = journal.state(name)
         out["remediation"] = "FAILED" if st.failed else ("suspended" if st.suspended else "active")
@@ -219,6 +228,11 @@ def cmd_query(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> 
 
 
 def cmd_check_config(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    problems = deployment_problems(config)
+    for problem in problems:
+        print(f"pgmedic: {config.path}: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_USAGE
     names = sorted(config.instances)
     if not names:
         print(f"{config.path}: valid, but no instances are configured (add one with `pgmedic add instance …`)")
@@ -240,7 +254,7 @@ def cmd_action(config: Config, args: argparse.Namespace, argv: Sequence[str]) ->
     instance = _action_target(config, args.words)
     if args.command == "monitor":
         result = actions.monitor(instance)
-        journal = open_journal(config.remediator.state_dir, create=False)
+        journal = open_journal(config.remediator.state_dir, create=False, group=config.remediator.state_group)
         st = journal.state(instance.name) if journal else None
         if st is not None and st.failed_within(instance.config.restart_window):
             hint = f"after repair run `pgmedic resume instance {instance.name}`"
@@ -248,9 +262,13 @@ def cmd_action(config: Config, args: argparse.Namespace, argv: Sequence[str]) ->
             return EXIT_FAILED
         print(f"{instance.name}: {result.message}")
         return result.exit_code
-    result = actions.start(instance) if args.command == "start" else actions.stop(instance)
+    if args.command == "start":
+        result = actions.start(instance)
+    else:
+        result = actions.stop(instance, f"pgmedic stop by {invoking_user()}")
     for step in result.steps:
-        logging.info("%s", step)
+        if not step.startswith(SIGNAL_STEP):  # those were logged as they were sent
+            logging.info("%s", step)
     print(f"{instance.name}: {args.command}: {result.message} ({result.duration:.1f}s)")
     return result.exit_code
 
@@ -300,12 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     full_argv = ["pgmedic", *argv]
     try:
+        refuse_control_characters(argv)
         if hasattr(args, "cls"):
             _check_class(args.cls)
         config = load_config(args.config, required=args.command == "check-config" and bool(args.config))
         code = COMMANDS[args.command](config, args, full_argv)
         if args.command in AUDITED:
-            audit(config.audit_log_path, full_argv, "ok")
+            audit(config.audit_log_path, full_argv, "ok", config.remediator.state_group)
         return code
     except (ConfigError, UsageError) as exc:
         print(f"pgmedic: {exc}", file=sys.stderr)
@@ -319,12 +338,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def refuse_control_characters(argv: Sequence[str]) -> None:
+    """No word of a command may hold a newline or another control character: such a value could forge a
+    line of the audit log or of a YAML file, so the whole command is refused before anything is read."""
+    for position, word in enumerate(argv, 1):
+        found = control_character(word)
+        if found:
+            raise UsageError(f"argument {position} contains a control character ({found}): {shown(word)}")
+
+
 def _audit_failure(args: argparse.Namespace, argv: list[str], why: str) -> None:
     """Refused changes are audited too, when the config can say where the log is."""
     if args.command not in AUDITED:
         return
     with contextlib.suppress(PgmedicError):
-        audit(load_config(args.config).audit_log_path, argv, "refused: " + why.replace("\n", " "))
+        config = load_config(args.config)
+        audit(config.audit_log_path, argv, "refused: " + why, config.remediator.state_group)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Every problem raises ConfigError with the file, the key and what is wrong, and n
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import re
@@ -22,10 +23,14 @@ import yaml
 from .durations import parse_duration
 from .errors import ConfigError
 from .ksysxml import data_directory_from_xml
+from .text import CONTROL_RE, control_character, shown
 
 DEFAULT_CONFIG = "/etc/pgmedic/pgmedic.yaml"
 INSTANCES_DIR = "instances.d"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # matched whole (fullmatch): no trailing newline
+MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is a mistake or an attack
+MAX_YAML_DEPTH = 32  # nesting levels; pgmedic's own files need four
+SCRIPTS_RUN_AS = ("owner", "invoker")
 ACTIONS = ("restart", "start", "none")  # what an alert may trigger; never an automatic stop
 
 
@@ -55,6 +60,20 @@ class InstanceConfig:
     restart_window: float = 900.0
     restart_delay: float = 5.0
     critical: bool = False
+    scripts_run_as: str = "owner"  # owner: the instance's OS user; invoker: whoever runs pgmedic (VM agent style)
+
+    @property
+    def script_user(self) -> str:
+        """The OS user start/stop/monitor scripts run as (and who besides root may own them)."""
+        if self.scripts_run_as == "invoker":
+            return pwd.getpwuid(os.geteuid()).pw_name
+        return self.instancename
+
+    def scripts(self) -> dict[str, str]:
+        """The configured scripts by attribute name."""
+        named = {"start_script": self.start_script, "stop_script": self.stop_script}
+        named["monitor_script"] = self.monitor_script
+        return {key: path for key, path in named.items() if path}
 
     @property
     def role(self) -> str:
@@ -88,6 +107,10 @@ class RemediatorConfig:
     state_dir: str = "/var/lib/pgmedic"
     actions: dict[str, str] = field(default_factory=dict)  # alertname -> action, beside the label
     retention: float = 30 * 86400.0  # journal history kept; unfinished work is never pruned
+    state_group: str | None = None  # a group that may read the journal and audit log (files 0640, else 0600)
+    # After a recovery, how long the remediator watches the postmaster itself, until the alert resolves:
+    # a crash before Prometheus has seen the instance up raises no new alert.
+    recovery_watch: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +118,14 @@ class KsysConfig:
     command: tuple[str, ...] | None = None
     webhook: str | None = None
     timeout: float = 10.0
+    run_as: str | None = None  # the user the command runs as; default: nobody when root, else pgmedic's own user
+
+    @property
+    def command_user(self) -> str:
+        """Who runs the KSYS command: least privilege, since it only needs the event on stdin."""
+        if self.run_as:
+            return self.run_as
+        return "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
 
     @property
     def notifiers(self) -> tuple[str, ...]:
@@ -137,14 +168,22 @@ def config_path(explicit: str | None = None) -> str:
 
 def _str(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty string, got {value!r}")
+        raise ValueError(f"expected a non-empty string, got {shown(value)}")
+    refuse_control_characters(value)
     return value.strip()
+
+
+def refuse_control_characters(value: str) -> None:
+    """ValueError when VALUE holds a newline or any other control character."""
+    found = control_character(value)
+    if found:
+        raise ValueError(f"contains a control character ({found}): {shown(value)}")
 
 
 def _abs_path(value: Any) -> str:
     text = _str(value)
     if not text.startswith("/"):
-        raise ValueError(f"must be an absolute path, got {text!r}")
+        raise ValueError(f"must be an absolute path, got {shown(text)}")
     return text
 
 
@@ -169,7 +208,7 @@ def _int_in(low: int, high: int):
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected a whole number, got {value!r}")
+            raise ValueError(f"expected a whole number, got {shown(value)}")
         if not low <= value <= high:
             raise ValueError(f"must be between {low} and {high}, got {value}")
         return value
@@ -182,20 +221,47 @@ def _bool(value: Any) -> bool:
         return value
     if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
         return value.lower() in ("true", "yes", "on", "1")
-    raise ValueError(f"expected true or false, got {value!r}")
+    raise ValueError(f"expected true or false, got {shown(value)}")
 
 
 def _duration(value: Any) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
-        raise ValueError(f"must be longer than zero, got {value!r}")
+        raise ValueError(f"must be longer than zero, got {shown(value)}")
     return seconds
 
 
 def _type(value: Any) -> str:
     if _str(value).upper() != "POSTGRES":
-        raise ValueError(f"must be POSTGRES, got {value!r}")
+        raise ValueError(f"must be POSTGRES, got {shown(value)}")
     return "POSTGRES"
+
+
+def _one_of(*choices: str):
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {shown(value)}")
+        return str(value)
+
+    return check
+
+
+def _user(value: Any) -> str:
+    name = _str(value)
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"no OS user named {shown(name)} on this host") from None
+    return name
+
+
+def _group(value: Any) -> str:
+    name = _str(value)
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        raise ValueError(f"no OS group named {shown(name)} on this host") from None
+    return name
 
 
 def _owner(value: Any) -> str:
@@ -203,7 +269,7 @@ def _owner(value: Any) -> str:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        raise ValueError(f"no OS user named {name!r} on this host (the owner of the data directory)") from None
+        raise ValueError(f"no OS user named {shown(name)} on this host (the owner of the data directory)") from None
     return name
 
 
@@ -212,6 +278,8 @@ def _argv(value: Any) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise ValueError("expected a command as a list of strings, e.g. [/usr/local/sbin/notify-ksys]")
+    for word in value:
+        refuse_control_characters(word)
     _script(value[0])
     return tuple(value)
 
@@ -219,7 +287,7 @@ def _argv(value: Any) -> tuple[str, ...]:
 def _url(value: Any) -> str:
     text = _str(value)
     if not re.match(r"^https?://[^\s/]+", text):
-        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+        raise ValueError(f"expected an http:// or https:// URL, got {shown(text)}")
     return text
 
 
@@ -227,7 +295,7 @@ def split_listen(text: str) -> tuple[str, int]:
     """HOST:PORT (IPv6 in brackets) as (host, port); ValueError says what is wrong."""
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
+        raise ValueError(f"expected HOST:PORT, got {shown(text)}")
     return host.strip("[]"), int(port)
 
 
@@ -249,8 +317,9 @@ def _actions(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise ValueError("expected a mapping of alert names to actions")
     for alert, action in value.items():
+        refuse_control_characters(str(alert))
         if action not in ACTIONS:
-            raise ValueError(f"action for {alert!r} must be one of {', '.join(ACTIONS)}, got {action!r}")
+            raise ValueError(f"action for {shown(alert)} must be one of {', '.join(ACTIONS)}, got {shown(action)}")
     return {str(k): str(v) for k, v in value.items()}
 
 
@@ -275,6 +344,7 @@ INSTANCE_KEYS: dict[str, Any] = {
     "restart_window": _duration,
     "restart_delay": parse_duration,
     "critical": _bool,
+    "scripts_run_as": _one_of(*SCRIPTS_RUN_AS),
 }
 EXPORTER_KEYS = {"listen": _listen, "default_scrape_timeout": _duration, "timeout_margin": parse_duration}
 REMEDIATOR_KEYS = {
@@ -283,8 +353,10 @@ REMEDIATOR_KEYS = {
     "state_dir": _abs_path,
     "actions": _actions,
     "retention": _duration,
+    "state_group": _group,
+    "recovery_watch": parse_duration,
 }
-KSYS_KEYS = {"command": _argv, "webhook": _url, "timeout": _duration}
+KSYS_KEYS = {"command": _argv, "webhook": _url, "timeout": _duration, "run_as": _user}
 TOP_KEYS = ("instances", "exporter", "remediator", "ksys", "audit_log")
 
 
@@ -297,6 +369,8 @@ def _check_section(raw: Any, schema: dict[str, Any], source: str, prefix: str) -
     for key, value in raw.items():
         if key not in schema:
             raise ConfigError(source, f"{prefix}.{key}", f"unknown key (known: {', '.join(schema)})")
+        if isinstance(value, str) and CONTROL_RE.search(value):
+            raise ConfigError(source, f"{prefix}.{key}", f"contains a control character: {shown(value)}")
         try:
             out[key] = schema[key](value)
         except ValueError as exc:
@@ -307,7 +381,7 @@ def _check_section(raw: Any, schema: dict[str, Any], source: str, prefix: str) -
 def build_instance(name: str, raw: Any, source: str) -> InstanceConfig:
     """Validate one instance's attributes and resolve its data directory (from the XML if configfile)."""
     prefix = f"instances.{name}"
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ConfigError(source, prefix, "instance name must be letters, digits, '_', '.', '-' (max 63)")
     values = _check_section(raw, INSTANCE_KEYS, source, prefix)
     if not isinstance(raw, dict):
@@ -322,22 +396,48 @@ def build_instance(name: str, raw: Any, source: str) -> InstanceConfig:
     return InstanceConfig(name=name, source=source, **values)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader for configuration written by people: no duplicate keys, no aliases, bounded nesting.
+
+    PyYAML silently keeps the last of two equal keys; aliases let a few lines expand into gigabytes
+    ("billion laughs"); and its composer recurses once per nesting level, so 20,000 levels end in a
+    RecursionError. Each is refused here with the line it is on.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in pgmedic files", mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+            return super().compose_node(parent, index)  # type: ignore[arg-type]
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, list | dict):
+                raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value", key_node.start_mark)
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {shown(key)}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
-def _read_yaml(path: Path, *, required: bool) -> Any:
+def _read_text(path: Path, *, required: bool) -> str | None:
+    """The file as UTF-8 text, bounded in size; None when it is absent and not required."""
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         if required:
             raise ConfigError(str(path), None, "file does not exist") from None
@@ -346,13 +446,30 @@ def _read_yaml(path: Path, *, required: bool) -> Any:
         raise ConfigError(str(path), None, "file is not readable") from None
     except IsADirectoryError:
         raise ConfigError(str(path), None, "is a directory, expected a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(str(path), None, f"cannot read: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(path), None, f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a pgmedic config file")
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(str(path), f"line {line}", f"not UTF-8 (byte 0x{data[exc.start]:02x})") from None
+
+
+def _read_yaml(path: Path, *, required: bool) -> Any:
+    text = _read_text(path, required=required)
+    if text is None:
+        return None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(str(path), where, f"malformed YAML: {problem}") from None
+    except RecursionError:  # belt and braces: the depth bound above should make this unreachable
+        raise ConfigError(str(path), None, "malformed YAML: nested too deeply") from None
 
 
 def load_config(path: str | None = None, *, required: bool = False) -> Config:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .text import SHOWN_MAX
+
 
 class PgmedicError(Exception):
     """Base class: the message is one line and says what is wrong."""
@@ -12,9 +14,9 @@ class ConfigError(PgmedicError):
 
     def __init__(self, source: str, key: str | None, message: str) -> None:
         self.source = source
-        self.key = key
+        self.key = key if key is None or len(key) <= SHOWN_MAX else key[:SHOWN_MAX] + "…"
         self.message = message
-        where = f"{source}: {key}" if key else source
+        where = f"{source}: {self.key}" if self.key else source
         super().__init__(f"{where}: {message}")
 
 

@@ -4,10 +4,12 @@ Everything else (exporter, remediator, CLI, actions) calls this module. The fact
 postmaster.pid, /proc and a fresh SQL connection, in that order of cost:
 
 * the data directory must exist and hold PG_VERSION, else NO_DATA_DIRECTORY;
-* postmaster.pid must name a live process (not a zombie) that really is this data directory's
-  postmaster: its start time matches the file's within a few seconds, or else its executable is
-  postgres and its working directory is the data directory. A stale file, or one whose pid now
-  belongs to another process, means NOT_RUNNING;
+* postmaster.pid must name this data directory's postmaster by the one identity rule (``identify``):
+  a live process, not a zombie, running as the data directory's owner, whose executable is
+  postgres/postmaster, whose working directory is this data directory, and the file's own
+  data-directory line names this data directory too. Anything else is a stale file (NOT_RUNNING),
+  even when the pid belongs to a live postmaster of another cluster (a data directory copied with
+  its pid file); where /proc cannot be read to decide, the probe says so (UNVERIFIED) and nobody acts;
 * the pid file's status line and a bounded SQL round trip tell ACCEPTING, REJECTING (starting,
   recovering, stopping, full) and NOT_RESPONDING (hung) apart.
 """
@@ -22,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import procfs
+from . import procfs, signals
 from .config import InstanceConfig
 from .connection import call_with_deadline, connect, first_line, rejecting_reason
 from .pidfile import PidFile, read_pid_file
@@ -30,6 +32,7 @@ from .runner import is_spawned
 from .titles import classify_title
 
 START_TIME_TOLERANCE = 5.0  # seconds between the pid file's start time and the process's
+POSTGRES_EXECUTABLES = ("postgres", "postmaster")
 
 
 class State(enum.StrEnum):
@@ -38,6 +41,7 @@ class State(enum.StrEnum):
     NOT_RESPONDING = "not_responding"
     NOT_RUNNING = "not_running"
     NO_DATA_DIRECTORY = "no_data_directory"
+    UNVERIFIED = "unverified"  # /proc could not be read to tell whose process the pid file names
 
 
 # Exit codes of `pgmedic monitor`, shared with any supervisor that calls it as a monitor script.
@@ -47,7 +51,17 @@ EXIT_CODES = {
     State.NOT_RESPONDING: 1,
     State.NOT_RUNNING: 3,
     State.NO_DATA_DIRECTORY: 4,
+    State.UNVERIFIED: 2,  # a deployment problem: pgmedic runs as neither root nor the owner
 }
+
+
+class Verdict(enum.StrEnum):
+    """What the identity rule says of the pid postmaster.pid names."""
+
+    VERIFIED = "verified"  # this data directory's live postmaster
+    NO_PID_FILE = "no_pid_file"
+    STALE = "stale"  # the file names no postmaster of this data directory
+    UNVERIFIABLE = "unverifiable"  # /proc of that pid is not readable by pgmedic
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,29 @@ class Postmaster:
     def start_time(self) -> float:
         return float(self.pid_file.start_time) if self.pid_file.start_time else self.stat.start_time
 
+    def handles(self) -> tuple[signals.ProcessHandle, list[signals.ProcessHandle]] | None:
+        """Pidfds on this postmaster and its children, each re-checked once its pidfd is open.
+
+        None when the postmaster is no longer the process that was verified (it exited, its pid was
+        reused). Children that exit meanwhile are simply left out.
+        """
+        own = signals.open_handle(self.pid, self.stat.start_ticks, "postmaster", self.data_directory)
+        if own is None:
+            return None
+        kids = []
+        for child in self.children():
+            handle = signals.open_handle(
+                child.pid, child.stat.start_ticks, child.backend_type, self.data_directory, ppid=self.pid
+            )
+            if handle is not None:
+                kids.append(handle)
+        return own, kids
+
+    @property
+    def data_directory(self) -> str:
+        """The data directory as the verified pid file names it (the same directory as the config's)."""
+        return self.pid_file.data_directory or ""
+
     def children(self) -> list[Child]:
         """Children that carry a PostgreSQL title, classified by backend type."""
         out = []
@@ -81,6 +118,19 @@ class Postmaster:
             if kind is not None:
                 out.append(Child(pid, kind, stat))
         return out
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The identity rule's answer for one reading of postmaster.pid."""
+
+    verdict: Verdict
+    reason: str
+    pid_file: PidFile | None = None
+    postmaster: Postmaster | None = None
+    # The file names a live process of the owner: PostgreSQL takes it for a running server and refuses
+    # to start (its lock-file check is kill(pid, 0)); pgmedic never deletes the file to get past that.
+    blocks_start: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +153,10 @@ class Instance:
         self.config = config
         self.name = config.name
         self.data_directory = config.data_directory
+        # The last verified (pid, start ticks, pid file's data directory) and its reason: a process
+        # cannot change its executable or (a postmaster) its working directory, so the exporter
+        # re-reads /proc links only when the postmaster changes.
+        self._verified: tuple[tuple[int, int, str | None], str] | None = None
 
     # ---- files ----------------------------------------------------------------------------------
     def data_directory_problem(self) -> str | None:
@@ -146,30 +200,69 @@ class Instance:
 
     # ---- processes ------------------------------------------------------------------------------
     def postmaster(self, pid_file: PidFile | None = None) -> Postmaster | None:
-        """The live postmaster named by postmaster.pid, or None (no file, stale file, reused pid, zombie)."""
+        """The verified live postmaster named by postmaster.pid, or None (see ``identify``)."""
+        return self.identify(pid_file).postmaster
+
+    def identify(self, pid_file: PidFile | None = None) -> Identity:
+        """Apply the one identity rule to the pid postmaster.pid names (read now unless PID_FILE is given).
+
+        Verified only if the process is alive and not a zombie, runs as the data directory's owner,
+        its executable is postgres/postmaster, its working directory is this data directory, and the
+        file's data-directory line names this data directory. The start time in the file is compared
+        too, but a mismatch alone is not disqualifying: a clock stepped after the server started (NTP
+        at boot) makes it differ for a server that is certainly ours, and the three facts above
+        already exclude every other process.
+        """
         pid_file = pid_file or self.pid_file()
         if pid_file is None:
-            return None
-        stat = procfs.read_stat(pid_file.pid)
-        if stat is None or stat.is_zombie:
-            return None
-        if not self._is_our_postmaster(pid_file, stat):
-            return None
-        return Postmaster(pid_file.pid, pid_file, stat)
+            return Identity(Verdict.NO_PID_FILE, "no postmaster.pid")
+        pid = pid_file.pid
+        stat = procfs.read_stat(pid)
+        if stat is None:
+            return Identity(Verdict.STALE, f"pid {pid} is not running", pid_file)
+        cached = self._verified
+        if cached is not None and cached[0] == (pid, stat.start_ticks, pid_file.data_directory) and not stat.is_zombie:
+            return Identity(Verdict.VERIFIED, cached[1], pid_file, Postmaster(pid, pid_file, stat))
+        proc_uid, data_uid = procfs.owner_uid(pid), _owner_uid(self.data_directory)
+        same_owner = proc_uid is not None and proc_uid == data_uid
 
-    def _is_our_postmaster(self, pid_file: PidFile, stat: procfs.ProcStat) -> bool:
-        if pid_file.start_time is not None and abs(stat.start_time - pid_file.start_time) <= START_TIME_TOLERANCE:
-            return True
-        exe = procfs.read_link(stat.pid, "exe") or ""
-        cwd = procfs.read_link(stat.pid, "cwd")
-        if os.path.basename(exe).split(" ")[0] not in ("postgres", "postmaster") or cwd is None:
-            return False
-        return os.path.realpath(cwd) == os.path.realpath(self.data_directory)
+        def stale(reason: str) -> Identity:
+            return Identity(Verdict.STALE, reason, pid_file, blocks_start=same_owner)
+
+        if stat.is_zombie:
+            return stale(f"pid {pid} has exited and is not yet reaped (a zombie)")
+        if proc_uid is None:
+            return Identity(Verdict.STALE, f"pid {pid} is not running", pid_file)
+        if not same_owner:
+            return stale(f"pid {pid} runs as uid {proc_uid}, not as the data directory's owner (uid {data_uid})")
+        target = os.path.realpath(self.data_directory)
+        named = pid_file.data_directory
+        exe, cwd = procfs.read_link(pid, "exe"), procfs.read_link(pid, "cwd")
+        if exe is None or cwd is None:
+            if procfs.read_stat(pid) is None:
+                return Identity(Verdict.STALE, f"pid {pid} is not running", pid_file)
+            return Identity(
+                Verdict.UNVERIFIABLE,
+                f"cannot read /proc/{pid}/cwd as uid {os.geteuid()}: run pgmedic as root or as the owner "
+                f"{self.config.instancename} to verify the postmaster",
+                pid_file,
+            )
+        cwd = cwd.removesuffix(" (deleted)")
+        if os.path.basename(exe).split(" ")[0] not in POSTGRES_EXECUTABLES:
+            return stale(f"pid {pid} is {exe.split(' ')[0]}, not a postgres server")
+        if os.path.realpath(cwd) != target:
+            return stale(f"pid {pid} is the postmaster of another data directory, {cwd}")
+        if named is None or os.path.realpath(named) != target:
+            return stale(f"postmaster.pid names data directory {named}, not {self.data_directory}")
+        reason = f"postmaster {pid} verified"
+        if pid_file.start_time is not None and abs(stat.start_time - pid_file.start_time) > START_TIME_TOLERANCE:
+            reason += f" (its start time differs from postmaster.pid's by {stat.start_time - pid_file.start_time:.0f}s)"
+        self._verified = ((pid, stat.start_ticks, named), reason)
+        return Identity(Verdict.VERIFIED, reason, pid_file, Postmaster(pid, pid_file, stat))
 
     def stale_pid_file(self) -> bool:
-        """postmaster.pid exists but no live postmaster owns it."""
-        pid_file = self.pid_file()
-        return pid_file is not None and self.postmaster(pid_file) is None
+        """postmaster.pid exists but no live postmaster of this data directory owns it."""
+        return self.identify().verdict is Verdict.STALE
 
     def wait_until_gone(self, pids: list[int], timeout: float) -> bool:
         """Wait, bounded, until none of PIDS is alive; zombies count as gone once reaped or not ours."""
@@ -190,17 +283,21 @@ class Instance:
         problem = self.data_directory_problem()
         if problem:
             return Probe(State.NO_DATA_DIRECTORY, problem, duration=time.monotonic() - start)
-        pid_file = self.pid_file()
-        postmaster = self.postmaster(pid_file)
+        identity = self.identify()
+        pid_file, postmaster = identity.pid_file, identity.postmaster
 
         def done(state: State, detail: str) -> Probe:
             return Probe(state, detail, postmaster, pid_file, time.monotonic() - start)
 
-        if postmaster is None:
-            if pid_file is None:
-                return done(State.NOT_RUNNING, "no postmaster.pid: the server is not running")
+        if identity.verdict is Verdict.NO_PID_FILE:
+            return done(State.NOT_RUNNING, "no postmaster.pid: the server is not running")
+        if identity.verdict is Verdict.UNVERIFIABLE:
+            return done(State.UNVERIFIED, identity.reason)
+        if postmaster is None or pid_file is None:
+            assert pid_file is not None
             return done(
-                State.NOT_RUNNING, f"stale postmaster.pid: pid {pid_file.pid} is not this instance's postmaster"
+                State.NOT_RUNNING,
+                f"stale postmaster.pid: pid {pid_file.pid} is not this instance's postmaster ({identity.reason})",
             )
         if pid_file.status in ("starting", "stopping"):
             return done(State.REJECTING, f"postmaster {postmaster.pid} is {pid_file.status}")
@@ -223,6 +320,13 @@ class Instance:
         """Connect afresh and run SELECT 1 (raises on any failure)."""
         with connect(self.config, pid_file, timeout) as conn:
             conn.execute("SELECT 1").fetchone()
+
+
+def _owner_uid(path: str) -> int | None:
+    try:
+        return os.stat(path).st_uid
+    except OSError:
+        return None
 
 
 def _alive_or_zombie(pid: int) -> bool:

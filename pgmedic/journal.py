@@ -9,6 +9,8 @@ remediator can both write; ``synchronous=FULL`` makes a commit survive a crash o
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import json
 import os
 import socket
@@ -18,6 +20,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from .errors import ConfigError
+from .store import make_private, open_private
+from .trust import private_dir_problem
 
 JOURNAL_FILE = "journal.sqlite"
 SCHEMA = """
@@ -41,7 +47,8 @@ CREATE TABLE IF NOT EXISTS episodes (
     received_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     result TEXT,
-    action_pgid INTEGER               -- process group of the command running for it right now
+    action_pgid INTEGER,              -- process group of the command running for it right now
+    reopened_at REAL                  -- when it was last reopened (the instance failed again, same alert)
 );
 CREATE INDEX IF NOT EXISTS episodes_status ON episodes (status);
 CREATE TABLE IF NOT EXISTS instance_state (
@@ -83,13 +90,22 @@ class InstanceState:
 class Journal:
     """A handle on the journal; cheap to create, safe to share between threads."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, group: str | None = None) -> None:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, JOURNAL_FILE)
-        os.makedirs(state_dir, mode=0o750, exist_ok=True)
+        ensure_state_dir(state_dir, group)
+        # Created private before SQLite opens it: SQLite gives its -wal and -shm files the database
+        # file's mode, so all three stay 0600 (0640 with the group) whatever the umask.
+        os.close(open_private(self.path, os.O_RDWR | os.O_CREAT, group))
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                make_private(self.path + suffix, group)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(episodes)")}
+            if "reopened_at" not in columns:  # a journal written by an older pgmedic
+                db.execute("ALTER TABLE episodes ADD COLUMN reopened_at REAL")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -158,6 +174,81 @@ class Journal:
             {**json.loads(r["detail"]), "id": r["id"], "ts": r["ts"], "instance": r["instance"], "kind": r["kind"]}
             for r in rows
         ]
+
+    # ---- episodes -------------------------------------------------------------------------------
+    ENDED = ("done", "skipped")  # finished without spending the budget: may be reopened
+    OPEN = ("pending", "running")
+
+    def open_episodes(self, instance: str) -> list[str]:
+        """Keys of the instance's pending or running episodes, oldest first."""
+        rows = self.query(
+            "SELECT key FROM episodes WHERE instance = ? AND status IN ('pending', 'running') ORDER BY received_at",
+            (instance,),
+        )
+        return [r["key"] for r in rows]
+
+    def claim_episode(self, key: str) -> dict[str, Any] | None:
+        """Mark a pending (or, after a crash, running) episode running; its row, or None if it is not open."""
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM episodes WHERE key = ?", (key,)).fetchone()
+            if row is None or row["status"] not in self.OPEN:
+                return None
+            if row["status"] == "running":
+                self.add_event(db, row["instance"], "episode_resumed", episode=key, reason="remediator restarted")
+            db.execute("UPDATE episodes SET status = 'running', updated_at = ? WHERE key = ?", (time.time(), key))
+            return dict(row)
+
+    def finish_episode(self, instance: str, key: str, status: str, result: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE episodes SET status = ?, result = ?, updated_at = ? WHERE key = ?",
+                (status, result, time.time(), key),
+            )
+            self.add_event(db, instance, "episode_" + status, episode=key, result=result)
+
+    @classmethod
+    def requeue_ended_episode(cls, db: sqlite3.Connection, key: str, now: float) -> bool:
+        """Within DB's transaction: make an ended (done or skipped) episode pending again; True if it was."""
+        return bool(
+            db.execute(
+                "UPDATE episodes SET status = 'pending', reopened_at = ?, updated_at = ? "
+                "WHERE key = ? AND status IN ('done', 'skipped')",
+                (now, now, key),
+            ).rowcount
+        )
+
+    def reopen_episode(self, key: str, reason: str) -> bool:
+        """Reopen an ended episode because its instance failed again before the alert could show it."""
+        with self.transaction() as db:
+            row = db.execute("SELECT instance FROM episodes WHERE key = ?", (key,)).fetchone()
+            if row is None or not self.requeue_ended_episode(db, key, time.time()):
+                return False
+            self.add_event(db, row["instance"], "failed_again", episode=key, reason=reason)
+            return True
+
+    def record_action_pgid(self, key: str, pgid: int | None) -> None:
+        """The process group of the command acting for KEY right now (None when it ended)."""
+        with self.transaction() as db:
+            db.execute("UPDATE episodes SET action_pgid = ? WHERE key = ?", (pgid, key))
+
+    def restarts_in_episode(self, instance: str, key: str, since: float = 0.0) -> int:
+        """How many actions episode KEY started since SINCE."""
+        rows = self.query(
+            "SELECT count(*) FROM events WHERE instance = ? AND kind = 'restart_started' AND episode = ? AND ts >= ?",
+            (instance, key, since),
+        )
+        return int(rows[0][0])
+
+    def restart_budget_used(self, instance: str, window: float, armed_at: float) -> tuple[int, float]:
+        """Actions started in the current window (since its start or the last re-arm, ARMED_AT), and when
+        the last one ended (or started, if it never ended): backoff counts from there."""
+        since = max(time.time() - window, armed_at)
+        rows = self.query(
+            "SELECT sum(kind = 'restart_started'), max(ts) FROM events WHERE instance = ? "
+            "AND kind IN ('restart_started', 'restarted', 'restart_failed') AND ts >= ?",
+            (instance, since),
+        )
+        return int(rows[0][0] or 0), float(rows[0][1] or 0.0)
 
     # ---- instance state -------------------------------------------------------------------------
     def state(self, instance: str) -> InstanceState:
@@ -250,8 +341,20 @@ def event_document(event_id: int, ts: float, instance: str | None, kind: str, de
     }
 
 
-def open_journal(state_dir: str, *, create: bool = True) -> Journal | None:
+def ensure_state_dir(state_dir: str, group: str | None = None) -> None:
+    """Create STATE_DIR private (0700, 0750 with the group); refuse one that others can write."""
+    problem = private_dir_problem(state_dir)
+    if problem:
+        raise ConfigError(state_dir, "remediator.state_dir", problem.removeprefix(f"{state_dir}: "))
+    if not os.path.isdir(state_dir):
+        os.makedirs(state_dir, exist_ok=True)
+        os.chmod(state_dir, 0o750 if group else 0o700)
+        if group:
+            os.chown(state_dir, -1, grp.getgrnam(group).gr_gid)
+
+
+def open_journal(state_dir: str, *, create: bool = True, group: str | None = None) -> Journal | None:
     """The journal in STATE_DIR; with create=False, None when there is none yet (read-only callers)."""
     if not create and not os.path.exists(os.path.join(state_dir, JOURNAL_FILE)):
         return None
-    return Journal(state_dir)
+    return Journal(state_dir, group)

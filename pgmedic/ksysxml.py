@@ -6,21 +6,28 @@ Parsed with defusedxml (entity expansion and external entities refused). Comment
 
 from __future__ import annotations
 
+from collections import Counter
 from xml.etree.ElementTree import ParseError
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from .errors import ConfigError
+from .text import CONTROL_RE, shown
 
 ROOT = "POSTGRESConfig"
+MAX_XML_BYTES = 1 << 20
 INSTANCE = "POSTGRESinstance"
 
 
 def data_directory_from_xml(path: str, instance_id: str) -> str:
     """Return the <data_directory> of the <POSTGRESinstance id=INSTANCE_ID> in PATH, or raise ConfigError."""
     try:
-        tree = SafeET.parse(path)
+        with open(path, "rb") as f:
+            data = f.read(MAX_XML_BYTES + 1)
+        if len(data) > MAX_XML_BYTES:
+            raise ConfigError(path, None, f"larger than {MAX_XML_BYTES >> 20} MiB: not a POSTGRESconfig.xml")
+        root = SafeET.fromstring(data)
     except FileNotFoundError:
         raise ConfigError(path, "configfile", "file does not exist") from None
     except PermissionError:
@@ -31,12 +38,16 @@ def data_directory_from_xml(path: str, instance_id: str) -> str:
         raise ConfigError(path, None, f"malformed XML: {exc}") from None
     except DefusedXmlException as exc:
         raise ConfigError(path, None, f"refused unsafe XML: {exc}") from None
-    root = tree.getroot()
+    except OSError as exc:
+        raise ConfigError(path, "configfile", f"cannot read: {exc.strerror}") from None
     if root.tag != ROOT:
-        raise ConfigError(path, f"<{root.tag}>", f"root element must be <{ROOT}>")
-    ids = []
+        raise ConfigError(path, f"<{root.tag[:80]}>", f"root element must be <{ROOT}>")
+    ids = [element.get("id", "") for element in root.iter(INSTANCE)]
+    repeated = [(i, n) for i, n in Counter(ids).items() if n > 1]
+    if repeated:
+        dup, times = repeated[0]
+        raise ConfigError(path, f'<{INSTANCE} id="{dup[:80]}">', f"id given {times} times: ids must be unique")
     for element in root.iter(INSTANCE):
-        ids.append(element.get("id", ""))
         if element.get("id") != instance_id:
             continue
         node = element.find("data_directory")
@@ -44,10 +55,12 @@ def data_directory_from_xml(path: str, instance_id: str) -> str:
         where = f'<{INSTANCE} id="{instance_id}">/<data_directory>'
         if not value:
             raise ConfigError(path, where, "is empty; set the instance's data directory")
+        if CONTROL_RE.search(value):
+            raise ConfigError(path, where, f"contains a control character: {shown(value)}")
         if not value.startswith("/"):
-            raise ConfigError(path, where, f"must be an absolute path, got {value!r}")
+            raise ConfigError(path, where, f"must be an absolute path, got {shown(value)}")
         return value
-    known = ", ".join(repr(i) for i in ids) or "none"
+    known = shown(", ".join(ids), 200) if ids else "none"
     raise ConfigError(
         path, f'<{INSTANCE} id="{instance_id}">', f"no such instance (instancename); ids in file: {known}"
     )

@@ -166,3 +166,11 @@ def read_link(pid: int, name: str) -> str | None:
         return os.readlink(f"{PROC}/{pid}/{name}")
     except OSError:
         return None
+
+
+def owner_uid(pid: int) -> int | None:
+    """The effective uid of PID (the owner of /proc/PID), readable for any process; None when gone."""
+    try:
+        return os.stat(f"{PROC}/{pid}").st_uid
+    except OSError:
+        return None

@@ -54,6 +54,16 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+def base_env() -> dict[str, str]:
+    """The little of pgmedic's environment a command it runs is given (no secrets, no PG* of ours)."""
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    return env
+
+
 KILL_GRACE_SECONDS = 2.0
 OUTPUT_LIMIT = 16_384
 

@@ -64,6 +64,27 @@ def chown_owner(path: str | Path) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+def write_secret(path: Path, text: str) -> Path:
+    """A token file as pgmedic requires it: readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)
+    return path
+
+
+def make_trusted_dir(prefix: str) -> Path:
+    """A directory pgmedic will run programs from: no world-writable ancestor (unlike /tmp), mode 0755.
+
+    As root it is made under /var/lib (root-owned 0755 all the way up); otherwise under the home
+    directory. The caller removes it.
+    """
+    base = "/var/lib" if os.geteuid() == 0 else os.path.expanduser("~")
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    path.chmod(0o755)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -70,7 +70,7 @@ def _error(status: int, message: str) -> tuple[Response, int]:
 
 def create_app(config: Config, *, start_background: bool = True) -> Flask:
     """Build the app; START_BACKGROUND=False leaves workers and delivery stopped (for tests of the HTTP side)."""
-    journal = Journal(config.remediator.state_dir)
+    journal = Journal(config.remediator.state_dir, config.remediator.state_group)
     metrics = RemediatorMetrics(sorted(config.instances))
     engine = Engine(config, journal, metrics)
     metrics.add_state_collector(engine.snapshot)

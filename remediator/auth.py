@@ -13,15 +13,18 @@ import hmac
 from pathlib import Path
 
 from pgmedic.errors import ConfigError
+from pgmedic.trust import secret_file_problem
 
 
 def read_secret(path: str) -> str:
+    """The token in PATH; refused (one line) when others may read it, it is no file, or it is empty."""
+    problem = secret_file_problem(path)
+    if problem:
+        raise ConfigError(path, "remediator.token_file", problem.removeprefix(f"{path}: "))
     try:
         secret = Path(path).read_text().strip()
-    except FileNotFoundError:
-        raise ConfigError(path, "remediator.token_file", "file does not exist") from None
-    except PermissionError:
-        raise ConfigError(path, "remediator.token_file", "file is not readable") from None
+    except (PermissionError, UnicodeDecodeError):
+        raise ConfigError(path, "remediator.token_file", "file is not readable as text") from None
     if not secret:
         raise ConfigError(path, "remediator.token_file", "file is empty")
     return secret

@@ -13,6 +13,7 @@ by a crash of the remediator is picked up again at the next start.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 from pgmedic import actions
 from pgmedic.config import Config, InstanceConfig
-from pgmedic.instance import Instance, State
+from pgmedic.instance import Instance, State, Verdict
 from pgmedic.journal import Journal
 from pgmedic.runner import group_alive, on_spawn
 
@@ -40,6 +41,36 @@ class Outcome:
     result: str
 
 
+class Wait(enum.Enum):
+    """How a watched wait ended."""
+
+    ACCEPTING = "accepting"
+    WORSE = "worse"  # its premise broke: decide again now
+    TIMEOUT = "timeout"
+    STOPPING = "stopping"  # the remediator is shutting down
+
+
+# How bad each state is, for "did it get worse while we waited?". Not responding counts with starting:
+# a probe's SQL timeout alone right after a start is not a reason to cut a wait short.
+SEVERITY = {
+    State.ACCEPTING: 0,
+    State.REJECTING: 1,
+    State.NOT_RESPONDING: 1,
+    State.NOT_RUNNING: 2,
+    State.NO_DATA_DIRECTORY: 3,
+    State.UNVERIFIED: 3,
+}
+
+
+@dataclass(frozen=True)
+class Watch:
+    """After a recovery: keep an eye on the postmaster until the alert can see a new failure."""
+
+    instance: str
+    episode: str
+    until: float  # monotonic deadline (remediator.recovery_watch)
+
+
 class Engine:
     def __init__(self, config: Config, journal: Journal, metrics: RemediatorMetrics) -> None:
         self.config = config
@@ -49,6 +80,7 @@ class Engine:
         self._stop = threading.Event()
         self._wake = {name: threading.Event() for name in config.instances}
         self._acting: set[str] = set()
+        self._watch: dict[str, Watch] = {}  # instance -> its watch after the last recovery
         self._threads: list[threading.Thread] = []
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -76,6 +108,7 @@ class Engine:
         """Journal every alert and its decision in one transaction; wake the workers that have new work."""
         decisions: list[dict[str, Any]] = []
         wake: set[str] = set()
+        resolved: set[str] = set()
         now = time.time()
         with self.journal.transaction() as db:
             for alert in alerts:
@@ -94,6 +127,7 @@ class Engine:
                     result, reason = "ignored", "not a configured instance"
                 elif alert.status == "resolved":
                     result, reason = "ignored", "resolved"
+                    resolved.add(alert.episode)
                 elif action not in ("restart", "start"):
                     result, reason = "ignored", f"action {action!r}: nothing to do"
                 else:
@@ -102,14 +136,21 @@ class Engine:
                         "received_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
                         (alert.episode, name, alert.alertname, action, alert.starts_at_epoch, now, now),
                     ).rowcount
-                    result, reason = ("accepted", f"{action} queued") if inserted else ("duplicate", "already handled")
                     if inserted:
+                        result, reason = "accepted", f"{action} queued"
+                    elif self.journal.requeue_ended_episode(db, alert.episode, now):
+                        # Still firing after its episode ended: the instance may have failed again before
+                        # Prometheus saw it up (the alert keeps its startsAt). The worker re-probes it.
+                        result, reason = "recheck", "episode ended but the alert still fires: re-probing"
+                    else:
+                        result, reason = "duplicate", "already being handled"
+                    if result != "duplicate":
                         wake.add(name)
                 known = name if name in self.config.instances else None
                 detail = {**base, "result": result, "reason": reason}
                 if name is not None and known is None:
                     detail["pg_instance"] = name  # kept as data, never used to act
-                if result in ("accepted", "duplicate"):
+                if result in ("accepted", "duplicate", "recheck"):
                     detail["episode"] = alert.episode
                 self.journal.add_event(db, known, "notification", **detail)
                 decisions.append(
@@ -117,6 +158,9 @@ class Engine:
                 )
         for d in decisions:
             self.metrics.notifications.labels(d["result"]).inc()
+        for watched in list(self._watch.values()):
+            if watched.episode in resolved:  # Prometheus has seen the recovery: its alerts see again
+                self._watch.pop(watched.instance, None)
         for name in wake:
             self._wake[name].set()
         return decisions
@@ -124,22 +168,44 @@ class Engine:
     # ---- workers --------------------------------------------------------------------------------
     def _worker(self, name: str) -> None:
         while not self._stop.is_set():
-            self._wake[name].wait(IDLE_WAKE)
+            self._idle(name)
             self._wake[name].clear()
             if self._stop.is_set():
                 return
             try:
-                for row in self.journal.query(
-                    "SELECT key FROM episodes WHERE instance = ? AND status IN ('pending', 'running') "
-                    "ORDER BY received_at",
-                    (name,),
-                ):
+                for key in self.journal.open_episodes(name):
                     if self._stop.is_set():
                         return
-                    self._process(name, row["key"])
+                    self._process(name, key)
             except Exception:
                 log.exception("worker for %s failed; retrying", name)
                 self._stop.wait(1.0)
+
+    def _idle(self, name: str) -> None:
+        """Wait for work; right after a recovery, also watch the postmaster until the alert can see again.
+
+        Between a recovery and the next scrape that sees the instance up, the alert still fires with
+        its old startsAt: a new crash in that window would raise no new alert. So the worker keeps
+        looking (cheaply: the pid file and /proc) until Prometheus resolves the alert or
+        ``remediator.recovery_watch`` passes, and reopens the episode the moment the server dies again.
+        """
+        watched = self._watch.get(name)
+        if watched is None:
+            self._wake[name].wait(IDLE_WAKE)
+            return
+        instance = Instance(self.config.instance(name))
+        while not self._wake[name].wait(POLL):
+            if self._watch.get(name) is not watched:  # the alert resolved
+                return
+            if time.monotonic() >= watched.until:
+                self._watch.pop(name, None)
+                return
+            identity = instance.identify()
+            if identity.verdict in (Verdict.VERIFIED, Verdict.UNVERIFIABLE):
+                continue
+            self._watch.pop(name, None)
+            self.journal.reopen_episode(watched.episode, f"the postmaster died again ({identity.reason})")
+            return
 
     def _process(self, name: str, key: str) -> None:
         cfg = self.config.instance(name)
@@ -147,34 +213,33 @@ class Engine:
             if not held:  # another remediator process is acting on this instance: look again later
                 self._wake[name].set()
                 return
-            with self.journal.transaction() as db:
-                row = db.execute("SELECT * FROM episodes WHERE key = ?", (key,)).fetchone()
-                if row is None or row["status"] not in ("pending", "running"):
-                    return
-                if row["status"] == "running":
-                    self.journal.add_event(db, name, "episode_resumed", episode=key, reason="remediator restarted")
-                db.execute("UPDATE episodes SET status = 'running', updated_at = ? WHERE key = ?", (time.time(), key))
+            row = self.journal.claim_episode(key)
+            if row is None:
+                return
             self._acting.add(name)
             try:
                 if row["status"] == "running" and row["action_pgid"]:
                     self._wait_for_orphaned_action(cfg, key, row["action_pgid"])
-                outcome = self._remediate(cfg, dict(row))
+                outcome = self._remediate(cfg, row)
             finally:
                 self._acting.discard(name)
             if outcome is None:  # stopping: the episode stays running and is resumed at the next start
                 return
-            with self.journal.transaction() as db:
-                db.execute(
-                    "UPDATE episodes SET status = ?, result = ?, updated_at = ? WHERE key = ?",
-                    (outcome.status, outcome.result, time.time(), key),
-                )
-                self.journal.add_event(db, name, "episode_" + outcome.status, episode=key, result=outcome.result)
+            self.journal.finish_episode(name, key, outcome.status, outcome.result)
+            if outcome.status == "done" and self.config.remediator.recovery_watch > 0:
+                self._watch[name] = Watch(name, key, time.monotonic() + self.config.remediator.recovery_watch)
 
     def _remediate(self, cfg: InstanceConfig, episode: dict[str, Any]) -> Outcome | None:
-        """Probe, then act within the budget until the instance accepts connections or the budget is spent."""
+        """Probe, then act within the budget until the instance accepts connections or the budget is spent.
+
+        Every wait in here watches its premise: it ends the moment the instance gets worse (the
+        postmaster died, the data directory vanished, it was suspended), and the loop decides again at
+        once, within the same episode and budget.
+        """
         name, key = cfg.name, episode["key"]
         instance = Instance(cfg)
-        attempts = self._restarts(name, episode=key)
+        attempts = self.journal.restarts_in_episode(name, key, since=episode.get("reopened_at") or 0.0)
+        reopened = bool(episode.get("reopened_at")) and not attempts
         while not self._stop.is_set():
             self.journal.expire_failed(name, cfg.restart_window)
             state = self.journal.state(name)
@@ -193,34 +258,48 @@ class Engine:
                 self.journal.event(name, "skipped", episode=key, reason="healthy", probe=probe.detail)
                 return Outcome("skipped", "healthy")
             if probe.state is State.REJECTING:
-                return self._wait_out(instance, episode, probe.detail, attempts)
-            used, last = self._budget_used(cfg, state.armed_at)
+                outcome = self._wait_out(instance, episode, probe.detail, attempts)
+                if outcome is not None:
+                    return outcome
+                continue  # it got worse while we waited: decide again
+            if probe.state is State.UNVERIFIED:  # never act on a process pgmedic could not identify
+                self.journal.event(name, "skipped", episode=key, reason="postmaster not verifiable", probe=probe.detail)
+                return Outcome("skipped", "postmaster not verifiable")
+            if reopened:
+                self.journal.event(name, "episode_reopened", episode=key, reason=str(probe.state), probe=probe.detail)
+                reopened = False
+            used, last_end = self.journal.restart_budget_used(name, cfg.restart_window, state.armed_at)
             if used >= cfg.max_restart:
                 self._fail(cfg, key, used)
                 return Outcome("failed", f"restart budget spent ({used} in {cfg.restart_window:g}s)")
             delay = cfg.restart_delay * 2 ** (used - 1) if used else 0.0
-            wait = last + delay - time.time() if last else 0.0
+            wait = last_end + delay - time.time() if last_end else 0.0
             if wait > 0:
                 self.journal.event(name, "backoff", episode=key, seconds=round(wait, 1), restarts_in_window=used)
-                if self._stop.wait(wait):
+                if self._watch_wait(instance, wait, premise=probe.state) is Wait.STOPPING:
                     return None
-                continue  # probe again: it may have recovered meanwhile
+                continue  # probe again: it may have recovered, or been suspended, meanwhile
             attempts += 1
-            self._act(cfg, instance, episode, probe.state, attempts)
+            if self._act(cfg, instance, episode, probe.state, attempts) is Wait.STOPPING:
+                return None
         return None
 
     def _act(
         self, cfg: InstanceConfig, instance: Instance, episode: dict[str, Any], state: State, attempt: int
-    ) -> None:
+    ) -> Wait | None:
         name, key = cfg.name, episode["key"]
         action = "restart" if state is State.NOT_RESPONDING else "start"
         self.journal.event(
             name, "restart_started", self.notifiers, episode=key, action=action, attempt=attempt,
             reason=str(state), critical=cfg.critical,
         )  # fmt: skip
-        with on_spawn(lambda pgid: self._record_pgid(key, pgid)):
-            result = actions.restart(instance) if action == "restart" else actions.start(instance)
-        self._record_pgid(key, None)
+        before = instance.pid_file()
+        with on_spawn(lambda pgid: self.journal.record_action_pgid(key, pgid)):
+            if action == "restart":
+                result = actions.restart(instance, f"episode {key}: {state}")
+            else:
+                result = actions.start(instance)
+        self.journal.record_action_pgid(key, None)
         self.metrics.action_duration.labels(action).observe(result.duration)
         self.metrics.actions.labels(name, action, "ok" if result.ok else "failed").inc()
         kind = "restarted" if result.ok else "restart_failed"
@@ -228,34 +307,70 @@ class Engine:
             name, kind, self.notifiers, episode=key, action=action, attempt=attempt, message=result.message,
             steps=result.steps, duration=round(result.duration, 3),
         )  # fmt: skip
-        if result.ok:
-            self._wait_accepting(instance, cfg.start_timeout)
+        if not result.ok:
+            return None
+        # Started: it is at least starting. A pid file still naming the old server is not yet news.
+        waited = self._watch_wait(instance, cfg.start_timeout, State.REJECTING, before.pid if before else None)
+        if waited is Wait.WORSE:
+            self.journal.event(name, "wait_ended", episode=key, reason="the instance failed again after the start")
+        return waited
 
-    def _record_pgid(self, key: str, pgid: int | None) -> None:
-        with self.journal.transaction() as db:
-            db.execute("UPDATE episodes SET action_pgid = ? WHERE key = ?", (pgid, key))
+    def _watch_wait(self, instance: Instance, seconds: float, premise: State, old_pid: int | None = None) -> Wait:
+        """Wait up to SECONDS for the instance to accept connections, re-probing every POLL.
 
-    def _wait_accepting(self, instance: Instance, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self._stop.is_set():
-            if instance.probe(timeout=min(2.0, instance.config.monitor_timeout)).state is State.ACCEPTING:
-                return True
-            self._stop.wait(POLL)
-        return False
+        PREMISE is the state the wait started from. The wait ends at once when the instance gets
+        worse than that (``SEVERITY``: the postmaster died, the data directory vanished) or is
+        suspended. A server that is starting, recovering or stopping is waited for, never interrupted.
+        Until a postmaster has been seen, no pid file or one still naming OLD_PID (the server that died
+        before the start) means "not written yet", not "died": a start script may return early.
+        """
+        deadline = time.monotonic() + seconds
+        probe_timeout = min(2.0, instance.config.monitor_timeout)
+        was_suspended = self.journal.state(instance.name).suspended
+        seen_postmaster = False
+        while True:
+            if self._stop.is_set():
+                return Wait.STOPPING
+            if not was_suspended and self.journal.state(instance.name).suspended:
+                return Wait.WORSE
+            probe = instance.probe(timeout=probe_timeout)
+            if probe.state is State.ACCEPTING:
+                return Wait.ACCEPTING
+            seen_postmaster = seen_postmaster or probe.postmaster is not None
+            not_yet = (
+                probe.state is State.NOT_RUNNING
+                and not seen_postmaster
+                and (probe.pid_file is None or probe.pid_file.pid == old_pid)
+            )
+            if SEVERITY[probe.state] > SEVERITY[premise] and not not_yet:
+                return Wait.WORSE
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Wait.TIMEOUT
+            self._stop.wait(min(POLL, remaining))
 
-    def _wait_out(self, instance: Instance, episode: dict[str, Any], detail: str, attempts: int) -> Outcome:
-        """Starting, recovering, stopping or full: never restart; wait (bounded) to see it come back."""
+    def _wait_out(self, instance: Instance, episode: dict[str, Any], detail: str, attempts: int) -> Outcome | None:
+        """Starting, recovering, stopping or full: never restart; wait (bounded) to see it come back.
+
+        None when it got worse meanwhile (the caller decides again) or when the remediator stops.
+        """
         name, key = instance.name, episode["key"]
         if "exhausted" in detail:
             self.journal.event(name, "skipped", episode=key, reason="alive but out of connection slots", probe=detail)
             return Outcome("skipped", "connections exhausted: not a restart case")
         self.journal.event(name, "waiting", episode=key, reason=detail)
-        if self._wait_accepting(instance, instance.config.start_timeout):
+        waited = self._watch_wait(instance, instance.config.start_timeout, premise=State.REJECTING)
+        if waited is Wait.ACCEPTING:
             if attempts:
                 self._recovered(instance.config, episode)
                 return Outcome("done", "recovered")
             self.journal.event(name, "skipped", episode=key, reason="recovered by itself")
             return Outcome("skipped", "recovered by itself")
+        if waited is Wait.WORSE:
+            self.journal.event(name, "wait_ended", episode=key, reason=f"got worse while {detail}")
+            return None
+        if waited is Wait.STOPPING:
+            return None
         self.journal.event(name, "skipped", episode=key, reason=f"still not accepting after waiting: {detail}")
         return Outcome("skipped", "still starting or recovering; not restarted")
 
@@ -288,7 +403,8 @@ class Engine:
 
     def _wait_for_orphaned_action(self, cfg: InstanceConfig, key: str, pgid: int) -> None:
         """A previous run died while a command of this episode ran in its own session: let it finish first,
-        bounded by the action's own timeouts, so that nothing is started twice."""
+        bounded by the action's own timeouts, so that nothing is started twice. A suspension ends the
+        wait (the loop then takes no action)."""
         if not group_alive(pgid):
             return
         self.journal.event(
@@ -296,33 +412,17 @@ class Engine:
         )
         deadline = time.monotonic() + cfg.start_timeout + 2 * cfg.stop_timeout + 10
         while group_alive(pgid) and time.monotonic() < deadline and not self._stop.wait(POLL):
-            pass
+            if self.journal.state(cfg.name).suspended:
+                return
 
-    # ---- budget -------------------------------------------------------------------------------
-    def _restarts(self, name: str, since: float = 0.0, episode: str | None = None) -> int:
-        sql = "SELECT count(*) FROM events WHERE instance = ? AND kind = 'restart_started' AND ts >= ?"
-        args: tuple[Any, ...] = (name, since)
-        if episode is not None:
-            sql += " AND episode = ?"
-            args += (episode,)
-        return int(self.journal.query(sql, args)[0][0])
-
-    def _budget_used(self, cfg: InstanceConfig, armed_at: float) -> tuple[int, float]:
-        """Restarts in the current window (since the window start or the last resume, ARMED_AT) and the last one's time."""
-        since = max(time.time() - cfg.restart_window, armed_at)
-        rows = self.journal.query(
-            "SELECT count(*), max(ts) FROM events WHERE instance = ? AND kind = 'restart_started' AND ts >= ?",
-            (cfg.name, since),
-        )
-        return int(rows[0][0]), float(rows[0][1] or 0.0)
-
+    # ---- read side ---------------------------------------------------------------------------
     def snapshot(self) -> dict[str, tuple[str, int]]:
         """{instance: (state, budget remaining)} for metrics and the status API."""
         out = {}
         for name, cfg in self.config.instances.items():
             self.journal.expire_failed(name, cfg.restart_window)
             st = self.journal.state(name)
-            used, _ = self._budget_used(cfg, st.armed_at)
+            used, _ = self.journal.restart_budget_used(name, cfg.restart_window, st.armed_at)
             remaining = 0 if st.failed else max(0, cfg.max_restart - used)
             state = (
                 "failed" if st.failed else "suspended" if st.suspended else "acting" if name in self._acting else "ok"

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-NOTIFICATION_RESULTS = ("accepted", "duplicate", "ignored", "rejected")
+NOTIFICATION_RESULTS = ("accepted", "duplicate", "recheck", "ignored", "rejected")
 KSYS_RESULTS = ("delivered", "failed")
 INSTANCE_STATES = ("ok", "acting", "suspended", "failed")
 RECOVERY_BUCKETS = (0.5, 1, 1.5, 2, 2.5, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)

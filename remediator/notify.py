@@ -19,7 +19,8 @@ import urllib.request
 from pgmedic.config import KsysConfig
 from pgmedic.errors import ActionError
 from pgmedic.journal import Journal
-from pgmedic.runner import run
+from pgmedic.runner import base_env, run
+from pgmedic.trust import program_problem
 
 from .metrics import RemediatorMetrics
 
@@ -32,8 +33,12 @@ def deliver(notifier: str, payload: str, ksys: KsysConfig) -> str | None:
     """Deliver once; None on success, else why it failed (one line)."""
     body = payload.encode()
     if notifier == "command" and ksys.command:
+        user = ksys.command_user
+        problem = program_problem(ksys.command[0], user)
+        if problem:
+            return problem
         try:
-            result = run(list(ksys.command), timeout=ksys.timeout, stdin=body)
+            result = run(list(ksys.command), timeout=ksys.timeout, stdin=body, env=base_env(), user=user)
         except ActionError as exc:
             return str(exc)
         return None if result.ok else result.describe()

@@ -8,6 +8,7 @@ import signal
 import threading
 
 from pgmedic.config import Config, listen_address
+from pgmedic.deployment import deployment_problems
 from pgmedic.errors import ConfigError
 from pgmedic.reaper import become_subreaper, start_reaper
 
@@ -33,6 +34,8 @@ def serve(config: Config, listen: str | None = None) -> int:
         raise ConfigError(config.path, "remediator.token_file", f"required to listen on non-loopback address {host}")
     if not config.remediator.token_file:
         log.warning("no remediator.token_file: accepting unauthenticated alerts on loopback only")
+    for problem in deployment_problems(config):  # the token and state directory refuse below, in create_app
+        log.warning("%s: %s", config.path, problem)
     stop = threading.Event()
     if become_subreaper():
         start_reaper(stop)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, make_temp_dir, make_template, new_cluster
+from tests.harness import Cluster, make_temp_dir, make_template, make_trusted_dir, new_cluster
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +50,13 @@ def services(tmp_path: Path) -> Iterator[list]:
     finally:
         for service in reversed(started):
             service.stop()
+
+
+@pytest.fixture
+def trusted_dir() -> Iterator[Path]:
+    """A directory whose ancestors nobody but root can write: scripts placed here pass pgmedic's trust rule."""
+    path = make_trusted_dir("pgmedic-test-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

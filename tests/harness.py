@@ -20,6 +20,7 @@ from pgmedic.sandbox import (  # noqa: F401 - re-exported for the tests
     http,
     make_temp_dir,
     make_template,
+    make_trusted_dir,
     new_cluster,
     owner,
     pg_bin_dir,
@@ -27,6 +28,7 @@ from pgmedic.sandbox import (  # noqa: F401 - re-exported for the tests
     start_service,
     wait_for,
     write_config,
+    write_secret,
 )
 
 

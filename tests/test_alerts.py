@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import REPO, Cluster, pgmedic_service, write_config
+from tests.harness import REPO, Cluster, pgmedic_service, write_config, write_secret
 
 ALERTS = REPO / "alerts"
 RULES = ALERTS / "pgmedic.rules.yml"
@@ -123,8 +123,7 @@ def test_every_metric_the_rules_use_is_exported(
     from tests.harness import free_port
 
     cluster = make_cluster()
-    token = tmp_path / "token"
-    token.write_text("secret\n")
+    token = write_secret(tmp_path / "token", "secret\n")
     cfg = write_config(tmp_path / "pgmedic.yaml", [cluster], tmp_path / "state", remediator={"token_file": str(token)})
     exported: set[str] = set()
     for kind in ("exporter", "remediator"):

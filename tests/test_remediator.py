@@ -20,12 +20,12 @@ from tests.harness import (
     alert_payload,
     free_port,
     http,
-    owner,
     pg_bin_dir,
     pgmedic,
     pgmedic_service,
     wait_for,
     write_config,
+    write_secret,
 )
 from tests.ksys_sink import KsysSink
 
@@ -47,17 +47,18 @@ class Rig:
     def __init__(self, cluster: Cluster, tmp: Path, services: list, ksys: KsysSink) -> None:
         self.cluster, self.tmp, self.services, self.ksys = cluster, tmp, services, ksys
         self.token_file = tmp / "webhook.token"
-        self.token_file.write_text(TOKEN + "\n")
+        write_secret(self.token_file, TOKEN + "\n")
         self.state = tmp / "state"
         self.config = tmp / "pgmedic.yaml"
         self.remediators: list[Service] = []
 
-    def configure(self, **instance: Any) -> None:
+    def configure(self, remediator: dict[str, Any] | None = None, **instance: Any) -> None:
         defaults = {"restart_delay": "0.2s", "max_restart": 3, "restart_window": "15m", "critical": True}
         self.cluster.extra.update({**defaults, **instance})
         write_config(
             self.config, [self.cluster], self.state,
-            remediator={"token_file": str(self.token_file)}, ksys={"webhook": self.ksys.url, "timeout": "2s"},
+            remediator={"token_file": str(self.token_file), **(remediator or {})},
+            ksys={"webhook": self.ksys.url, "timeout": "2s"},
         )  # fmt: skip
 
     def start(self) -> Service:
@@ -145,7 +146,10 @@ def test_fifty_deliveries_sequential_concurrent_and_two_remediators_one_restart(
     kinds = Counter(rig.kinds())
     assert kinds["restart_started"] == 1 and kinds["recovered"] == 1
     decisions = Counter(e["result"] for e in rig.events() if e["kind"] == "notification")
-    assert decisions == {"accepted": 1, "duplicate": 49}
+    # Deliveries during the episode are duplicates; any after it ended are re-probes of a healthy server.
+    assert decisions["accepted"] == 1 and decisions["duplicate"] + decisions["recheck"] == 49, decisions
+    skipped = [e["reason"] for e in rig.events() if e["kind"] == "skipped"]
+    assert skipped == ["healthy"] * decisions["recheck"], (skipped, decisions)
     rig.cluster.wait_accepting()
 
 
@@ -159,14 +163,15 @@ def test_sigstop_is_restarted_through_stop_escalation(rig: Rig) -> None:
     restarted = rig.wait_event("restarted", timeout=90)
     assert restarted["action"] == "restart"
     steps = " | ".join(restarted["steps"])
-    assert "pg_ctl stop -m fast" in steps and "pg_ctl stop -m immediate" in steps and "SIGKILL of postmaster" in steps
+    assert f"signal SIGINT to postmaster {pid} of {rig.cluster.data}" in steps, steps
+    assert f"signal SIGQUIT to postmaster {pid}" in steps and f"SIGKILL of postmaster {pid}" in steps, steps
     rig.wait_event("recovered")
     rig.cluster.wait_accepting()
     assert rig.cluster.postmaster_pid() != pid
 
 
-def test_failing_start_spends_the_budget_then_failed_and_one_escalation(rig: Rig, tmp_path: Path) -> None:
-    broken = tmp_path / "broken-start.sh"
+def test_failing_start_spends_the_budget_then_failed_and_one_escalation(rig: Rig, trusted_dir: Path) -> None:
+    broken = trusted_dir / "broken-start.sh"
     broken.write_text("#!/bin/sh\necho 'cannot start: broken on purpose' >&2\nexit 1\n")
     broken.chmod(0o755)
     rig.configure(start_script=str(broken), max_restart=3, restart_delay="0.2s")
@@ -178,6 +183,7 @@ def test_failing_start_spends_the_budget_then_failed_and_one_escalation(rig: Rig
     time.sleep(1.5)
     kinds = Counter(rig.kinds())
     assert kinds["restart_started"] == 3 and kinds["restart_failed"] == 3 and kinds["failed"] == 1
+    assert all("broken on purpose" in e["message"] for e in rig.events() if e["kind"] == "restart_failed")
     assert Counter(rig.ksys.kinds())["escalated"] == 1
     escalation = next(e for e in rig.ksys.events if e["event"] == "escalated")
     assert escalation["instance"] == "main" and escalation["schema"] == "pgmedic.event/v1"
@@ -246,15 +252,10 @@ def test_bad_input_gets_the_right_status_and_nothing_runs(rig: Rig, tmp_path: Pa
     assert http("GET", rig.url + "/healthz")[0] == 200
 
 
-def test_remediator_killed_mid_restart_finishes_after_start(rig: Rig, tmp_path: Path) -> None:
-    slow = tmp_path / "slow-start.sh"
+def test_remediator_killed_mid_restart_finishes_after_start(rig: Rig, trusted_dir: Path) -> None:
+    slow = trusted_dir / "slow-start.sh"  # runs as the instance owner (scripts_run_as: owner)
     log = rig.cluster.root / "slow.log"
-    slow.write_text(
-        "#!/bin/sh\nsleep 3\nexec runuser -u " + owner() + f' -- {pg_bin_dir()}/pg_ctl -D "$PGDATA" -l {log} '
-        '-o "-p $PGPORT" -w start\n'
-        if os.geteuid() == 0
-        else f'#!/bin/sh\nsleep 3\nexec {pg_bin_dir()}/pg_ctl -D "$PGDATA" -l {log} -o "-p $PGPORT" -w start\n'
-    )
+    slow.write_text(f'#!/bin/sh\nsleep 3\nexec {pg_bin_dir()}/pg_ctl -D "$PGDATA" -l {log} -o "-p $PGPORT" -w start\n')
     slow.chmod(0o755)
     rig.configure(start_script=str(slow))
     first = rig.start()
@@ -310,13 +311,21 @@ def test_auth_units() -> None:
     assert not authorized("Basic !!!", "abc") and not authorized("Token abc", "abc") and not authorized(None, "abc")
 
 
-def test_ksys_command_notifier_gets_the_event_on_stdin(cluster: Cluster, tmp_path: Path, services: list) -> None:
-    received = tmp_path / "ksys-events.jsonl"
-    notifier = tmp_path / "notify-ksys"
-    notifier.write_text(f"#!/bin/sh\ncat >> {received}\necho >> {received}\n")
+def test_ksys_command_notifier_gets_the_event_on_stdin(
+    cluster: Cluster, tmp_path: Path, services: list, trusted_dir: Path
+) -> None:
+    """The command runs as an unprivileged user (nobody when the remediator is root), event JSON on stdin."""
+    import pwd
+
+    runs_as = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    inbox = trusted_dir / "inbox"
+    inbox.mkdir()
+    os.chown(inbox, pwd.getpwnam(runs_as).pw_uid, -1)
+    received = inbox / "ksys-events.jsonl"
+    notifier = trusted_dir / "notify-ksys"
+    notifier.write_text(f"#!/bin/sh\n{{ id -un; cat; echo; }} >> {received}\n")
     notifier.chmod(0o755)
-    token = tmp_path / "token"
-    token.write_text(TOKEN)
+    token = write_secret(tmp_path / "token", TOKEN)
     cfg = write_config(
         tmp_path / "pgmedic.yaml", [cluster], tmp_path / "state",
         remediator={"token_file": str(token)}, ksys={"command": [str(notifier)], "timeout": "5s"},
@@ -324,8 +333,14 @@ def test_ksys_command_notifier_gets_the_event_on_stdin(cluster: Cluster, tmp_pat
     service = pgmedic_service("remediator", cfg, tmp_path, free_port())
     services.append(service)
     assert pgmedic(None, "suspend", "instance", "main", config=cfg).returncode == 0
-    lines = wait_for(lambda: received.exists() and received.read_text().split("\n")[0], 15, "the command's delivery")
-    event = json.loads(lines)
+
+    def delivered() -> list[str] | None:
+        text = received.read_text() if received.exists() else ""
+        return text.split("\n") if text.endswith("}\n") else None
+
+    lines = wait_for(delivered, 15, "the command's delivery")
+    assert lines[0] == runs_as
+    event = json.loads(lines[1])
     assert event["event"] == "suspended" and event["instance"] == "main" and event["schema"] == "pgmedic.event/v1"
     _, metrics = http("GET", service.url + "/metrics")
     assert 'pgmedic_ksys_notifications_total{result="delivered"} 1.0' in metrics
@@ -361,3 +376,82 @@ def test_journal_prunes_history_but_never_unfinished_work(tmp_path: Path) -> Non
     assert [e["kind"] for e in journal.events()] == ["recovered"]
     assert isinstance(journal.query("PRAGMA journal_mode")[0][0], str)
     assert sqlite3.connect(journal.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# ---- waits that end when their premise breaks (a crash loop) ---------------------------------------
+
+
+def test_a_crash_during_the_wait_after_a_start_is_repaired_at_once(rig: Rig, trusted_dir: Path) -> None:
+    """The first start returns while the server is still starting, and the server dies before it accepts:
+    the wait for it ends at once and the same episode starts it again, far within start_timeout."""
+    mark = rig.cluster.root / "crashed-once"
+    log = rig.cluster.root / "crashy.log"
+    pid_file = '"$PGDATA/postmaster.pid"'
+    script = trusted_dir / "crashy-start.sh"
+    script.write_text(
+        f"#!/bin/sh\nold=$(head -1 {pid_file})\n"
+        f'{pg_bin_dir()}/pg_ctl -D "$PGDATA" -l {log} -o "-p $PGPORT" -W start || exit 1\n'
+        f"[ -e {mark} ] && exit 0\ntouch {mark}\n"
+        f'pid="$old"; while [ "$pid" = "$old" ] || [ -z "$pid" ]; do sleep 0.005; pid=$(head -1 {pid_file}); done\n'
+        'kill -STOP "$pid"\n(sleep 0.5; kill -9 "$pid") >/dev/null 2>&1 &\n'
+    )
+    script.chmod(0o755)
+    rig.configure(start_script=str(script), start_timeout="60s")
+    rig.start()
+    kill_postmaster(rig.cluster)
+    began = time.monotonic()
+    assert rig.post(alert_payload("PostgresPostmasterDown", "main"))[0] == 200
+    rig.wait_event("episode_done", timeout=30)
+    took = time.monotonic() - began
+    assert took < 10, f"repaired after {took:.1f}s: the wait did not notice the crash (start_timeout is 60s)"
+    kinds = Counter(rig.kinds())
+    assert kinds["restart_started"] == 2 and kinds["recovered"] == 1 and kinds["wait_ended"] == 1, kinds
+    assert mark.exists()
+    rig.cluster.wait_accepting()
+
+
+def test_a_crash_right_after_recovery_is_repaired_without_a_new_alert(rig: Rig) -> None:
+    """Killed again just after the episode ended, before Prometheus could see it up: no new alert would
+    come (the old one keeps firing with its startsAt), so the remediator's own watch reopens the episode."""
+    rig.configure(max_restart=10)
+    rig.start()
+    kill_postmaster(rig.cluster)
+    assert rig.post(alert_payload("PostgresPostmasterDown", "main"))[0] == 200
+    for round_ in range(3):
+        wait_for(lambda n=round_: Counter(rig.kinds())["recovered"] == n + 1, 30, f"recovery {round_ + 1}")
+        rig.cluster.wait_accepting()
+        pid = kill_postmaster(rig.cluster)
+        began = time.monotonic()
+        wait_for(lambda n=round_: Counter(rig.kinds())["recovered"] == n + 2, 30, f"repair of crash {round_ + 2}")
+        took = time.monotonic() - began
+        assert took < 5, f"crash {round_ + 2} repaired after {took:.1f}s"
+        assert rig.cluster.postmaster_pid() != pid
+    kinds = Counter(rig.kinds())
+    assert kinds["notification"] == 1 and kinds["failed_again"] == 3 and kinds["episode_reopened"] == 3, kinds
+    assert kinds["restart_started"] == 4
+
+
+def test_a_still_firing_alert_reopens_an_ended_episode_only_when_the_instance_is_down(rig: Rig) -> None:
+    """The recheck path (the watch is off here): the same firing payload delivered after the episode
+    ended repairs a down instance, and does nothing but a probe for a healthy one."""
+    rig.configure(remediator={"recovery_watch": "0s"})
+    rig.start()
+    payload = alert_payload("PostgresPostmasterDown", "main")
+    kill_postmaster(rig.cluster)
+    assert rig.post(payload)[0] == 200
+    rig.wait_event("episode_done")
+    rig.cluster.wait_accepting()
+    status, body = rig.post(payload)  # healthy: nothing happens
+    assert status == 200 and body["decisions"][0]["result"] == "recheck"
+    wait_for(lambda: "skipped" in rig.kinds(), 15, "the re-probe of a healthy instance")
+    assert Counter(rig.kinds())["restart_started"] == 1
+    pid = kill_postmaster(rig.cluster)
+    time.sleep(1.0)
+    assert Counter(rig.kinds())["restart_started"] == 1, "nothing acts without a delivery when the watch is off"
+    status, body = rig.post(payload)  # same fingerprint and startsAt, instance down
+    assert status == 200 and body["decisions"][0]["result"] == "recheck"
+    wait_for(lambda: Counter(rig.kinds())["recovered"] == 2, 30, "the repair of the second crash")
+    rig.cluster.wait_accepting()
+    assert rig.cluster.postmaster_pid() != pid
+    kinds = Counter(rig.kinds())
+    assert kinds["restart_started"] == 2 and kinds["episode_reopened"] == 1, kinds

@@ -11,6 +11,7 @@ NAME = "postmaster"
 
 
 def collect(ctx: ScrapeContext, out: MetricSet) -> None:
+    ctx.require_identity()  # neither up nor stale when it cannot be known
     pm = ctx.postmaster
     out.add("pg_postmaster_up", ctx.labels, 1 if pm else 0)
     out.add("pg_postmaster_stale_pid_file", ctx.labels, 1 if ctx.pid_file is not None and pm is None else 0)

@@ -14,6 +14,7 @@ MEMORY_KINDS = ("anon", "shared", "swap")
 
 
 def collect(ctx: ScrapeContext, out: MetricSet) -> None:
+    ctx.require_identity()
     # The walk overlaps the SQL visit's connect; the exporter's own backend is left out afterwards.
     walked = ctx.tracker.walk(ctx.postmaster.pid if ctx.postmaster else None)
     procs = ctx.processes = ctx.tracker.disown(walked, ctx.own_backend())

@@ -43,6 +43,7 @@ def expected_workers(version_num: int | None, facts: SqlFacts | None, standby: b
 
 
 def collect(ctx: ScrapeContext, out: MetricSet) -> None:
+    ctx.require_identity()
     facts = ctx.facts
     standby = bool(
         (ctx.pid_file is not None and ctx.pid_file.status == "standby")
