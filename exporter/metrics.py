@@ -14,6 +14,12 @@ from prometheus_client.core import Metric
 GAUGE, COUNTER, INFO = "gauge", "counter", "info"
 
 CATALOGUE: dict[str, tuple[str, str]] = {
+    # the exporter's own configuration (as Prometheus' prometheus_config_last_reload_*)
+    "pgmedic_config_last_reload_successful": (GAUGE, "1 when the last configuration reload (SIGHUP) succeeded."),
+    "pgmedic_config_last_reload_success_timestamp_seconds": (
+        GAUGE,
+        "Unix time the configuration in force was loaded (at start or by the last successful reload).",
+    ),
     # OS view
     "pg_postmaster_up": (GAUGE, "1 when postmaster.pid names a live postmaster of this data directory (from /proc)."),
     "pg_postmaster_start_time_seconds": (GAUGE, "Unix time the postmaster started (postmaster.pid line 3)."),

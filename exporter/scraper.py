@@ -84,11 +84,19 @@ class OwnBackend:
 class Exporter:
     """Holds the scrapers for every configured instance; ``scrape(timeout)`` returns one MetricSet."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, keep: list[InstanceScraper] | None = None) -> None:
         self.config = config
         per_instance = handle_budget() // max(1, len(config.instances))
-        self.scrapers = [InstanceScraper(cfg, per_instance) for cfg in config.instances.values()]
+        kept = {scraper.instance.config: scraper for scraper in keep or []}
+        self.scrapers = [kept.get(cfg) or InstanceScraper(cfg, per_instance) for cfg in config.instances.values()]
         self.executor = ThreadPoolExecutor(max_workers=max(2, len(self.scrapers) + 1), thread_name_prefix="pgmedic-sql")
+
+    def reconfigured(self, config: Config) -> Exporter:
+        """An exporter for CONFIG that keeps the scrapers (process trackers, CPU totals, last settings)
+        of every instance whose configuration did not change; this one is closed for the others."""
+        successor = Exporter(config, keep=self.scrapers)
+        self.close(keep=successor.scrapers)
+        return successor
 
     def scrape(self, timeout: float) -> MetricSet:
         began = time.monotonic()
@@ -154,11 +162,13 @@ class Exporter:
         out.add("pgmedic_collector_success", labels, ok)
         out.add("pgmedic_collector_duration_seconds", labels, time.monotonic() - began)
 
-    def close(self) -> None:
+    def close(self, keep: list[InstanceScraper] | None = None) -> None:
+        """Stop taking SQL visits (those in flight finish) and close the trackers not in KEEP."""
         self.executor.shutdown(wait=False, cancel_futures=True)
         for scraper in self.scrapers:
-            with scraper.tracker_lock:
-                scraper.tracker.close()
+            if keep is None or scraper not in keep:
+                with scraper.tracker_lock:
+                    scraper.tracker.close()
 
 
 RESERVED_FDS = 256  # sockets, files and libraries of the exporter itself

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.exposition import choose_encoder
 
 from pgmedic import __version__
 from pgmedic.config import Config, listen_address
+from pgmedic.reload import ConfigStatus, Reloader, restart_only_changes
 
 from .scraper import Exporter
 
@@ -44,18 +48,41 @@ def scrape_timeout(environ: dict[str, Any], config: Config) -> float:
     return max(0.1, limit - config.exporter.timeout_margin)
 
 
-def create_app(config: Config, exporter: Exporter | None = None) -> Callable[..., Iterable[bytes]]:
-    exporter = exporter or Exporter(config)
+@dataclass
+class Live:
+    """What the app serves right now; a reload swaps both at once (each request reads them once)."""
+
+    status: ConfigStatus
+    exporter: Exporter
+
+    def reload(self, config: Config) -> None:
+        for setting in restart_only_changes(self.status.config, config):
+            log.warning("%s changed: it takes effect at the next restart of the exporter", setting)
+        self.exporter = self.exporter.reconfigured(config)
+
+
+def create_app(
+    config: Config, exporter: Exporter | None = None, live: Live | None = None
+) -> Callable[..., Iterable[bytes]]:
+    live = live or Live(ConfigStatus(config), exporter or Exporter(config))
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        status, exporter = live.status, live.exporter
+        config = status.config
         if path == "/metrics":
             began = time.monotonic()
             metrics = exporter.scrape(scrape_timeout(environ, config))
+            metrics.add("pgmedic_config_last_reload_successful", {}, 1 if status.last_reload_ok else 0)
+            metrics.add("pgmedic_config_last_reload_success_timestamp_seconds", {}, status.loaded_at)
             encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
             body = encoder(_Families(metrics))
             log.debug("scrape took %.3fs", time.monotonic() - began)
             start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+            return [body]
+        if path == "/api/v1/status":
+            body = json.dumps({"config": status.document(), "time": time.time()}).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
         if path == "/":
             names = "".join(f"<li>{html.escape(n)}</li>" for n in sorted(config.instances)) or "<li>none</li>"
@@ -76,15 +103,21 @@ def serve(config: Config, listen: str | None = None) -> int:
 
     host, port = listen_address(config.path, "exporter.listen", listen, config.exporter.listen)
     log.warning("pgmedic exporter on http://%s:%d/metrics for %d instance(s)", host, port, len(config.instances))
-    # poll(), not select(): the exporter keeps two /proc descriptors per backend open, so with
+    live = Live(ConfigStatus(config), Exporter(config))
+    stop = threading.Event()
+    Reloader(live.status, live.reload, "exporter").install(stop)
+    # poll(), not select(): the exporter keeps three /proc descriptors per backend open, so with
     # hundreds of backends its sockets get descriptor numbers beyond select()'s limit of 1024.
-    waitress.serve(
-        create_app(config),
-        host=host,
-        port=port,
-        threads=4,
-        ident="pgmedic-exporter",
-        asyncore_use_poll=True,
-        _quiet=True,
-    )
+    try:
+        waitress.serve(
+            create_app(config, live=live),
+            host=host,
+            port=port,
+            threads=4,
+            ident="pgmedic-exporter",
+            asyncore_use_poll=True,
+            _quiet=True,
+        )
+    finally:
+        stop.set()
     return 0

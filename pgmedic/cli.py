@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from .deployment import deployment_problems
 from .errors import ConfigError, PgmedicError
 from .instance import Instance
 from .journal import open_journal
+from .services import reload_service, running_services
 from .signals import SIGNAL_STEP
 from .store import audit, write_instance_file
 from .text import control_character, shown
@@ -47,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Keep PostgreSQL instances alive: config, start/stop/monitor, exporter, remediator.",
     )
     p.add_argument("--config", help="main config file (default $PGMEDIC_CONFIG or /etc/pgmedic/pgmedic.yaml)")
-    p.add_argument("-s", action="store_true", help="accepted for ksysvmmgr compatibility (changes apply at once)")
+    p.add_argument(
+        "-s", action="store_true", help="sync: tell the running exporter and remediator to reload after a change"
+    )
     p.add_argument("-l", type=int, choices=range(4), default=1, metavar="{0,1,2,3}", help="log level")
     p.add_argument("--version", action="version", version=f"pgmedic {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -173,7 +177,12 @@ def cmd_suspend_resume(config: Config, args: argparse.Namespace, argv: Sequence[
 
 def invoking_user() -> str:
     """Who runs this command: the sudo caller if any, else the login name, else the uid."""
-    return os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.geteuid())
+    if os.environ.get("SUDO_USER"):
+        return os.environ["SUDO_USER"]
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def describe(config: Config, name: str, live: bool = True) -> dict[str, Any]:
@@ -325,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = COMMANDS[args.command](config, args, full_argv)
         if args.command in AUDITED:
             audit(config.audit_log_path, full_argv, "ok", config.remediator.state_group)
+            code = code or sync_services(config, args, full_argv)
         return code
     except (ConfigError, UsageError) as exc:
         print(f"pgmedic: {exc}", file=sys.stderr)
@@ -336,6 +346,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def sync_services(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """With -s: make the running services reload, one line each (1 if any did not). Without: say that
+    they still run the previous configuration (suspend and resume act through the journal at once)."""
+    running = running_services(config)
+    if not args.s:
+        if running and args.command in ("add", "modify", "delete"):
+            names = " and ".join(f"the {s.kind} (pid {s.pid})" for s in running)
+            print(f"note: {names} still run the previous configuration: repeat with -s, or reload them (SIGHUP)")
+        return 0
+    if not running:
+        print(f"sync: no running exporter or remediator uses {config.path}")
+        return 0
+    ok = True
+    for service in running:
+        reloaded, line = reload_service(service, f"pgmedic -s {args.command} by {invoking_user()}")
+        print(f"sync: {line}")
+        ok = ok and reloaded
+    return 0 if ok else 1
 
 
 def refuse_control_characters(argv: Sequence[str]) -> None:

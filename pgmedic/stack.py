@@ -36,6 +36,7 @@ ALERTS_DIR = REPO / "alerts"
 PROMETHEUS = "prometheus"
 ALERTMANAGER = "prometheus-alertmanager"
 TOOLS_HINT = "apt-get install -y prometheus prometheus-alertmanager postgresql (or run `make demo`)"
+PROMETHEUS_FLAGS_FILE = "prometheus.flags"  # in alerts/: the flags a remediating Prometheus needs
 INSTANCE_DEFAULTS = {"start_timeout": "30s", "stop_timeout": "3s", "monitor_timeout": "2s", "restart_delay": "1s"}
 
 
@@ -97,6 +98,18 @@ class Stack:
     def stop_service(self, name: str) -> None:
         self.services[name].stop()
 
+    def kill_service(self, name: str) -> None:
+        """SIGKILL one service (a crash, not a shutdown) and wait until it is gone."""
+        proc = self.services[name].proc
+        proc.kill()
+        proc.wait(10)
+
+    def start_again(self, name: str) -> None:
+        """Start a killed or stopped service again with the same command line, port and data."""
+        old = self.services[name]
+        port = int(old.url.rsplit(":", 1)[1])
+        self.services[name] = start_service(name, [str(a) for a in old.proc.args], self.root, port)
+
     def close(self) -> None:
         for service in reversed(list(self.services.values())):
             with contextlib.suppress(Exception):
@@ -132,6 +145,13 @@ def _alertmanager_config(
         }
         doc["route"]["routes"].insert(0, route)
     return doc
+
+
+def prometheus_flags(alerts_dir: Path) -> list[str]:
+    """The shipped Prometheus flags (alerts/prometheus.flags, one per line, # comments)."""
+    path = alerts_dir / PROMETHEUS_FLAGS_FILE
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _prometheus_config(
@@ -220,7 +240,7 @@ def build_stack(
         argv = [
             PROMETHEUS, f"--config.file={prom_dir / 'prometheus.yml'}", f"--storage.tsdb.path={prom_dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{ports['prometheus']}", "--storage.tsdb.retention.time=1d",
-            "--log.level=warn",
+            "--log.level=warn", *prometheus_flags(alerts_dir),
         ]  # fmt: skip
         stack.services["prometheus"] = start_service("prometheus", argv, root, ports["prometheus"])
         stack.wait_ready()

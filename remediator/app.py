@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from pgmedic.config import Config
 from pgmedic.journal import Journal
+from pgmedic.reload import ConfigStatus, restart_only_changes
 
 from . import openapi
 from .auth import authorized, read_secret
@@ -31,7 +32,7 @@ HOUSEKEEPING_INTERVAL = 3600.0
 class Remediator:
     """Everything one app instance owns: journal, engine (workers), KSYS deliverer, metrics."""
 
-    config: Config
+    status: ConfigStatus
     journal: Journal
     engine: Engine
     deliverer: Deliverer
@@ -40,6 +41,20 @@ class Remediator:
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
+
+    @property
+    def config(self) -> Config:
+        return self.status.config
+
+    def reload(self, config: Config) -> None:
+        """Put a newly loaded configuration in force (Reloader's APPLY); PgmedicError refuses it whole."""
+        secret = read_secret(config.remediator.token_file) if config.remediator.token_file else None
+        for setting in restart_only_changes(self.config, config):
+            log.warning("%s changed: it takes effect at the next restart of the remediator", setting)
+        self.secret = secret
+        self.metrics.add_instances(sorted(config.instances))
+        self.deliverer.ksys = config.ksys
+        self.engine.reconfigure(config)
 
     def start(self) -> None:
         self.engine.start()
@@ -75,7 +90,9 @@ def create_app(config: Config, *, start_background: bool = True) -> Flask:
     engine = Engine(config, journal, metrics)
     metrics.add_state_collector(engine.snapshot)
     secret = read_secret(config.remediator.token_file) if config.remediator.token_file else None
-    rem = Remediator(config, journal, engine, Deliverer(journal, config.ksys, metrics), metrics, secret)
+    status = ConfigStatus(config)
+    metrics.add_config_collector(status)
+    rem = Remediator(status, journal, engine, Deliverer(journal, config.ksys, metrics), metrics, secret)
 
     app = Flask("pgmedic.remediator")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -125,12 +142,12 @@ def create_app(config: Config, *, start_background: bool = True) -> Flask:
             out[name] = {
                 "state": state,
                 "budget_remaining": remaining,
-                "max_restart": config.instance(name).max_restart,
+                "max_restart": rem.config.instance(name).max_restart,
                 "suspended": st.suspended,
                 "failed_reason": st.failed_reason if st.failed else None,
                 "last_action": dict(last[0]) if last else None,
             }
-        return jsonify(instances=out, time=time.time()), 200
+        return jsonify(instances=out, config=rem.status.document(), time=time.time()), 200
 
     @app.get("/api/v1/events")
     def events() -> tuple[Response, int]:

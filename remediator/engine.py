@@ -81,22 +81,57 @@ class Engine:
         self._wake = {name: threading.Event() for name in config.instances}
         self._acting: set[str] = set()
         self._watch: dict[str, Watch] = {}  # instance -> its watch after the last recovery
-        self._threads: list[threading.Thread] = []
+        self._workers: dict[str, threading.Thread] = {}
+        self._workers_lock = threading.Lock()
+        self._started = threading.Event()
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         """Start one worker per instance; each first finishes what a previous run left pending or running."""
+        self._started.set()
         for name in self.config.instances:
-            thread = threading.Thread(target=self._worker, args=(name,), name=f"pgmedic-worker-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._start_worker(name)
+
+    def reconfigure(self, config: Config) -> None:
+        """Put CONFIG in force: workers start for added instances and end, once idle, for removed ones.
+
+        An episode in flight finishes under the configuration it started with (its worker read the
+        instance's settings when it claimed it); the next one reads the new settings.
+        """
+        added = [name for name in config.instances if name not in self.config.instances]
+        for name in added:
+            self._wake.setdefault(name, threading.Event())
+        with self._workers_lock:
+            self.config, self.notifiers = config, config.ksys.notifiers
+        for name in list(self._wake):
+            self._wake[name].set()  # removed instances' workers see it and end
+        if self._started.is_set():
+            for name in added:
+                self._start_worker(name)
+
+    def _start_worker(self, name: str) -> None:
+        """One worker per instance: a removed instance's worker that has not ended yet serves it again."""
+        with self._workers_lock:
             self._wake[name].set()
+            if name in self._workers:
+                return
+            thread = threading.Thread(target=self._worker, args=(name,), name=f"pgmedic-worker-{name}", daemon=True)
+            self._workers[name] = thread
+            thread.start()
+
+    def _serving(self, name: str) -> bool:
+        """Whether the worker of NAME goes on; a worker whose instance was removed by a reload ends here."""
+        with self._workers_lock:
+            if name in self.config.instances:
+                return True
+            self._workers.pop(name, None)
+            return False
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         for event in self._wake.values():
             event.set()
-        for thread in self._threads:
+        for thread in list(self._workers.values()):
             thread.join(timeout)
 
     # ---- decisions (in the request) ---------------------------------------------------------------
@@ -168,9 +203,11 @@ class Engine:
     # ---- workers --------------------------------------------------------------------------------
     def _worker(self, name: str) -> None:
         while not self._stop.is_set():
+            if not self._serving(name):
+                return
             self._idle(name)
             self._wake[name].clear()
-            if self._stop.is_set():
+            if self._stop.is_set() or not self._serving(name):
                 return
             try:
                 for key in self.journal.open_episodes(name):

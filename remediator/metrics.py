@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from pgmedic.reload import ConfigStatus
+
 NOTIFICATION_RESULTS = ("accepted", "duplicate", "recheck", "ignored", "rejected")
 KSYS_RESULTS = ("delivered", "failed")
 INSTANCE_STATES = ("ok", "acting", "suspended", "failed")
@@ -46,14 +48,39 @@ class RemediatorMetrics:
             self.notifications.labels(result)
         for result in KSYS_RESULTS:
             self.ksys.labels(result)
+        self.add_instances(instances)
+
+    def add_instances(self, instances: list[str]) -> None:
+        """Make each instance's action series exist at 0 (also for instances added by a reload)."""
         for name in instances:
             for action in ("start", "restart"):
                 for result in ("ok", "failed"):
                     self.actions.labels(name, action, result)
 
+    def add_config_collector(self, status: ConfigStatus) -> None:
+        """pgmedic_config_last_reload_successful and ..._success_timestamp_seconds, read at scrape time."""
+        self.registry.register(_ConfigCollector(status))
+
     def add_state_collector(self, read: Callable[[], dict[str, tuple[str, int]]]) -> None:
         """READ returns {instance: (state, budget_remaining)} fresh at each scrape."""
         self.registry.register(_StateCollector(read))
+
+
+class _ConfigCollector:
+    def __init__(self, status: ConfigStatus) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "pgmedic_config_last_reload_successful",
+            "1 when the last configuration reload (SIGHUP) succeeded.",
+            value=1 if self._status.last_reload_ok else 0,
+        )
+        yield GaugeMetricFamily(
+            "pgmedic_config_last_reload_success_timestamp_seconds",
+            "Unix time the configuration in force was loaded (at start or by the last successful reload).",
+            value=self._status.loaded_at,
+        )
 
 
 class _StateCollector:

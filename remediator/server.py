@@ -11,6 +11,7 @@ from pgmedic.config import Config, listen_address
 from pgmedic.deployment import deployment_problems
 from pgmedic.errors import ConfigError
 from pgmedic.reaper import become_subreaper, start_reaper
+from pgmedic.reload import Reloader
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def serve(config: Config, listen: str | None = None) -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
+    Reloader(rem.status, rem.reload, "remediator").install(stop)
     log.warning("pgmedic remediator on http://%s:%d for %d instance(s)", host, port, len(config.instances))
     try:
         server.run()

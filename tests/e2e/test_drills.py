@@ -198,3 +198,54 @@ def test_suspended_instance_nothing_done(make_stack) -> None:
     time.sleep(2)
     assert kinds(stack)["restart_started"] == 0
     assert pgmedic(None, "monitor", stack.cluster.name, config=stack.config_path).returncode == 3, "still down"
+
+
+# ---- the chain itself restarts during an incident -------------------------------------------------
+
+
+def _accepting_within(stack: Stack, old_pid: int, began: float, limit: float) -> float:
+    """Seconds from BEGAN until the instance accepts again with a new postmaster (fails past LIMIT)."""
+    wait_for(lambda: _accepting_anew(stack, old_pid), limit + 20, "the repair", interval=0.05)
+    return time.monotonic() - began
+
+
+def test_alertmanager_restarted_during_the_incident_recovers_once_within_10s(make_stack) -> None:
+    """Alertmanager is down when the alert fires and back 2 s later: Prometheus re-sends the firing
+    alert every --rules.alert.resend-delay (shipped: 1s), so the repair does not wait a minute."""
+    stack = make_stack()
+    stack.kill_service("alertmanager0")
+    pid = stack.cluster.postmaster_pid()
+    began = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: stack.firing("PostgresPostmasterDown"), 20, "the alert to fire with Alertmanager down")
+    time.sleep(2.0)
+    stack.start_again("alertmanager0")
+    took = _accepting_within(stack, pid, began, 10)
+    print(f"recovered {took:.2f}s after the kill")
+    assert took < 10, f"recovered {took:.1f}s after the kill"
+    time.sleep(2.0)
+    assert kinds(stack)["restart_started"] == 1, kinds(stack)
+
+
+def test_prometheus_restarted_after_the_first_failing_scrape_recovers_once_within_10s(make_stack) -> None:
+    stack = make_stack()
+    pid = stack.cluster.postmaster_pid()
+    began = time.monotonic()
+    since = time.time()
+    os.kill(pid, signal.SIGKILL)
+    instance = stack.cluster.name
+    wait_for(
+        lambda: any(
+            t >= since and v == 0 for t, v in stack.samples(f'pg_postmaster_up{{pg_instance="{instance}"}}', 1)
+        ),
+        20,
+        "the first failing scrape",
+        interval=0.05,
+    )
+    stack.kill_service("prometheus")
+    stack.start_again("prometheus")
+    took = _accepting_within(stack, pid, began, 10)
+    print(f"recovered {took:.2f}s after the kill")
+    assert took < 10, f"recovered {took:.1f}s after the kill"
+    time.sleep(2.0)
+    assert kinds(stack)["restart_started"] == 1, kinds(stack)
