@@ -38,17 +38,14 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
 
 from pgmedic import procfs
-from pgmedic.drills import timeline
+from pgmedic.demo.drills import timeline
+from pgmedic.demo.sandbox import Cluster, as_owner, make_temp_dir, make_template, new_cluster, pg_bin_dir
+from pgmedic.demo.stack import Stack, build_stack
 from pgmedic.reaper import become_subreaper, start_reaper
-from pgmedic.sandbox import Cluster, as_owner, make_temp_dir, make_template, new_cluster, pg_bin_dir
-from pgmedic.stack import Stack, build_stack
 
 BENCH_INSTANCE = {"max_restart": 1000, "restart_delay": "0s"}  # deliberate drills: no budget, no backoff
 DRILL_TIMEOUT = 30.0

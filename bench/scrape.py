@@ -21,11 +21,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import psycopg
 
-from tests.harness import (
+from pgmedic.demo.sandbox import (
     free_port,
     make_temp_dir,
     make_template,

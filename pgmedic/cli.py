@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:9188)")
     s = sub.add_parser("remediator", help="serve the Alertmanager webhook that repairs instances")
     s.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:9189)")
+    s = sub.add_parser("assets", help="write the shipped rules, routing, Prometheus flags, runbooks and dashboards to DIR")
+    s.add_argument("dir", metavar="DIR")
+    s.add_argument("--force", action="store_true", help="overwrite files that exist")
     s = sub.add_parser("demo", help="the whole chain on a throwaway cluster: a drill and its incident timeline")
     s.add_argument("--drill", default="kill9", help="kill9 (default), sigstop, worker, exhaust, exporter")
     s.add_argument("--once", action="store_true", help="exit after the drill: 0 only if the outcome was seen")
@@ -283,19 +286,29 @@ def cmd_action(config: Config, args: argparse.Namespace, argv: Sequence[str]) ->
 
 
 def cmd_exporter(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from exporter.server import serve
+    from pgmedic.exporter.server import serve
 
     return serve(config, args.listen)
 
 
 def cmd_remediator(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from remediator.server import serve
+    from pgmedic.remediator.server import serve
 
     return serve(config, args.listen)
 
 
+def cmd_assets(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .assets import write_assets
+
+    target = Path(args.dir)
+    written = write_assets(target, force=args.force)
+    print(f"wrote {len(written)} files under {target}: alerts/ (rules, routing, prometheus.yml and .flags, promtool")
+    print("tests), grafana/ (dashboards, provisioning), docs/ (runbooks); only ports, paths and the token change")
+    return 0
+
+
 def cmd_demo(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .demo import run_demo
+    from .demo.run import run_demo
 
     return run_demo(args.drill, args.once)
 
@@ -313,6 +326,7 @@ COMMANDS = {
     "monitor": cmd_action,
     "exporter": cmd_exporter,
     "remediator": cmd_remediator,
+    "assets": cmd_assets,
     "demo": cmd_demo,
 }
 AUDITED = ("add", "modify", "delete", "suspend", "resume")

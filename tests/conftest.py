@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, make_temp_dir, make_template, make_trusted_dir, new_cluster
+from pgmedic.demo.sandbox import Cluster, make_temp_dir, make_template, make_trusted_dir, new_cluster
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Test helpers: real clusters and services come from pgmedic.sandbox; the rest is test-only."""
+"""Test-only helpers. Real clusters and services come from pgmedic.demo.sandbox, imported from there."""
 
 from __future__ import annotations
 
@@ -9,33 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgmedic.sandbox import (  # noqa: F401 - re-exported for the tests
-    INSTALL_HINT,
-    REPO,
-    Cluster,
-    Service,
-    as_owner,
-    chown_owner,
-    free_port,
-    http,
-    make_temp_dir,
-    make_template,
-    make_trusted_dir,
-    new_cluster,
-    owner,
-    pg_bin_dir,
-    pgmedic_service,
-    start_service,
-    wait_for,
-    write_config,
-    write_secret,
-)
+from pgmedic.demo.sandbox import Cluster
+
+REPO = Path(__file__).resolve().parent.parent  # the source tree (alerts/, grafana/, docs/)
 
 
 def pgmedic(cluster: Cluster | None, *args: str, timeout: float = 120, config: Path | None = None):
     """Run the pgmedic CLI as a user would, against CLUSTER's config."""
     cfg = config or (cluster.config_path if cluster else None)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     argv = [sys.executable, "-m", "pgmedic", *(["--config", str(cfg)] if cfg else []), *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
 

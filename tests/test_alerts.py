@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import REPO, Cluster, pgmedic_service, write_config, write_secret
+from pgmedic.demo.sandbox import Cluster, pgmedic_service, write_config, write_secret
+from tests.harness import REPO
 
 ALERTS = REPO / "alerts"
 RULES = ALERTS / "pgmedic.rules.yml"
@@ -120,7 +121,7 @@ def test_every_metric_the_rules_use_is_exported(
     """Read from live scrapes of a running exporter and remediator, not from a list written by hand."""
     import urllib.request
 
-    from tests.harness import free_port
+    from pgmedic.demo.sandbox import free_port
 
     cluster = make_cluster()
     token = write_secret(tmp_path / "token", "secret\n")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pgmedic.demo.sandbox import owner
 from pgmedic.durations import parse_duration
-from tests.harness import owner, pgmedic
+from tests.harness import pgmedic
 
 SEED_XML = """<?xml version="1.0" encoding="UTF-8"?>
 <POSTGRESConfig>

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pgmedic.exporter.sqlview import run_isolated
+from pgmedic.exporter.tracker import ProcessTracker
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.sqlview import run_isolated
-from exporter.tracker import ProcessTracker
 from pgmedic.config import load_config
 from pgmedic.connection import open_pgconn
-from tests.harness import Cluster, Service, owner, pgmedic_service, write_config
+from pgmedic.demo.sandbox import Cluster, Service, owner, pgmedic_service, write_config
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -180,7 +180,7 @@ def test_sigstop_postmaster_scrapes_stay_within_timeout(cluster: Cluster, export
 
 def test_overlapping_scrapes_do_not_pile_up_connections(cluster: Cluster) -> None:
     """Ten concurrent scrapes of a frozen server: at most one connection attempt is open at a time."""
-    from exporter.scraper import Exporter
+    from pgmedic.exporter.scraper import Exporter
 
     exporter = Exporter(load_config(str(cluster.config_path)))
     pid = cluster.postmaster_pid()

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from pgmedic.config import load_config
+from pgmedic.demo.sandbox import Cluster, owner
 from pgmedic.instance import Instance, State
 from pgmedic.pidfile import parse_pid_file
 from pgmedic.titles import classify_title
-from tests.harness import Cluster, owner, pgmedic
+from tests.harness import pgmedic
 
 
 def monitor(cluster: Cluster) -> subprocess.CompletedProcess[str]:

@@ -12,17 +12,8 @@ from typing import Any
 
 import yaml
 
-from tests.harness import (
-    Cluster,
-    Service,
-    alert_payload,
-    free_port,
-    http,
-    pgmedic,
-    pgmedic_service,
-    wait_for,
-    write_secret,
-)
+from pgmedic.demo.sandbox import Cluster, Service, free_port, http, pgmedic_service, wait_for, write_secret
+from tests.harness import alert_payload, pgmedic
 from tests.test_exporter import has, scrape, value
 
 TOKEN = "reload-token"

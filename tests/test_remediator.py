@@ -14,19 +14,18 @@ from typing import Any
 
 import pytest
 
-from tests.harness import (
+from pgmedic.demo.sandbox import (
     Cluster,
     Service,
-    alert_payload,
     free_port,
     http,
     pg_bin_dir,
-    pgmedic,
     pgmedic_service,
     wait_for,
     write_config,
     write_secret,
 )
+from tests.harness import alert_payload, pgmedic
 from tests.ksys_sink import KsysSink
 
 TOKEN = "s3cret-token"
@@ -287,7 +286,7 @@ def test_refuses_non_loopback_without_token(cluster: Cluster, tmp_path: Path) ->
 
 
 def test_payload_parsing_units() -> None:
-    from remediator.payload import PayloadError, parse_payload, parse_time
+    from pgmedic.remediator.payload import PayloadError, parse_payload, parse_time
 
     assert parse_time("2026-11-27T22:10:00.123456789Z") == pytest.approx(1795817400.123456, abs=1e-5)
     assert parse_time("0001-01-01T00:00:00Z") is None
@@ -303,7 +302,7 @@ def test_payload_parsing_units() -> None:
 def test_auth_units() -> None:
     import base64
 
-    from remediator.auth import authorized
+    from pgmedic.remediator.auth import authorized
 
     assert authorized(None, None)
     assert authorized("Bearer abc", "abc") and not authorized("Bearer abd", "abc")

@@ -18,20 +18,10 @@ import pytest
 
 from pgmedic import procfs
 from pgmedic.config import load_config
+from pgmedic.demo.sandbox import Cluster, free_port, http, owner, pgmedic_service, wait_for, write_config, write_secret
 from pgmedic.instance import Instance, Verdict
 from pgmedic.signals import open_handle
-from tests.harness import (
-    Cluster,
-    alert_payload,
-    free_port,
-    http,
-    owner,
-    pgmedic,
-    pgmedic_service,
-    wait_for,
-    write_config,
-    write_secret,
-)
+from tests.harness import alert_payload, pgmedic
 from tests.test_exporter import scrape, value
 
 TOKEN = "safety-token"
@@ -426,13 +416,11 @@ def test_journal_and_audit_log_are_private_whatever_the_umask(tmp_path: Path) ->
     for args in (argv, ["suspend", "instance", "x"]):
         import sys
 
-        from tests.harness import REPO
-
         subprocess.run(
             [*env_cmd, sys.executable, "-m", "pgmedic", "--config", str(cfg), *args],
             check=True,
             capture_output=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env=dict(os.environ),
         )
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     files = ["journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm", "audit.log"]

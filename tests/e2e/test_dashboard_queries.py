@@ -9,9 +9,9 @@ import urllib.parse
 
 import psycopg
 
-from pgmedic.drills import run_drill
-from pgmedic.sandbox import http, owner
-from pgmedic.stack import build_stack
+from pgmedic.demo.drills import run_drill
+from pgmedic.demo.sandbox import http, owner
+from pgmedic.demo.stack import build_stack
 from tests.harness import REPO
 
 BOARD = REPO / "grafana" / "dashboards" / "pgmedic-overview.json"

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pgmedic.drills import format_timeline, run_drill, timeline
-from pgmedic.stack import Stack, build_stack, missing_tools
-from tests.harness import pgmedic, wait_for
+from pgmedic.demo.drills import format_timeline, run_drill, timeline
+from pgmedic.demo.sandbox import wait_for
+from pgmedic.demo.stack import Stack, build_stack, missing_tools
+from tests.harness import pgmedic
 from tests.ksys_sink import KsysSink
 
 

@@ -14,10 +14,10 @@ import sys
 import threading
 import time
 
-from .config import load_config
+from ..config import load_config
+from ..instance import Instance
+from ..reaper import become_subreaper, start_reaper
 from .drills import DRILLS, format_timeline, run_drill, timeline
-from .instance import Instance
-from .reaper import become_subreaper, start_reaper
 from .sandbox import http
 from .stack import build_stack
 

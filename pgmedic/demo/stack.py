@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
+from ..assets import alerts_dir
 from .sandbox import (
-    REPO,
     Cluster,
     Service,
     free_port,
@@ -32,7 +32,7 @@ from .sandbox import (
     write_config,
 )
 
-ALERTS_DIR = REPO / "alerts"
+ALERTS_DIR = alerts_dir()  # the shipped files, from the source tree or the installed package
 PROMETHEUS = "prometheus"
 ALERTMANAGER = "prometheus-alertmanager"
 TOOLS_HINT = "apt-get install -y prometheus prometheus-alertmanager postgresql (or run `make demo`)"

@@ -30,7 +30,6 @@ import yaml
 
 PG_BIN_CANDIDATES = [f"/usr/lib/postgresql/{v}/bin" for v in (17, 16, 15, 14, 13)]
 INSTALL_HINT = "install the PostgreSQL server: apt-get install -y postgresql (or run `make test`, which does it)"
-REPO = Path(__file__).resolve().parent.parent  # the source tree: alerts/ lives here
 
 
 def pg_bin_dir() -> str:
@@ -310,7 +309,7 @@ def start_service(name: str, argv: list[str], log_dir: Path, port: int, env: dic
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+            env={**os.environ, **(env or {})},
             start_new_session=True,
         )
     service = Service(name, proc, log_path, f"http://127.0.0.1:{port}")
