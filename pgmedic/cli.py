@@ -88,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:9188)")
     s = sub.add_parser("remediator", help="serve the Alertmanager webhook that repairs instances")
     s.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:9189)")
-    s = sub.add_parser("assets", help="write the shipped rules, routing, Prometheus flags, runbooks and dashboards to DIR")
+    s = sub.add_parser(
+        "assets", help="write the shipped rules, routing, Prometheus flags, runbooks and dashboards to DIR"
+    )
     s.add_argument("dir", metavar="DIR")
     s.add_argument("--force", action="store_true", help="overwrite files that exist")
     s = sub.add_parser("demo", help="the whole chain on a throwaway cluster: a drill and its incident timeline")
@@ -208,13 +210,9 @@ def describe(config: Config, name: str, live: bool = True) -> dict[str, Any]:
         out["remediation"] = "FAILED" if st.failed else ("suspended" if st.suspended else "active")
         if st.failed:
             out["failed_reason"] = st.failed_reason
-        last = journal.query(
-            "SELECT action, status, result, updated_at FROM episodes WHERE instance = ? "
-            "ORDER BY updated_at DESC LIMIT 1",
-            (name,),
-        )
+        last = journal.last_episode(name)
         if last:
-            out["last_action"] = dict(last[0])
+            out["last_action"] = last
     else:
         out["remediation"] = "active"
     return out

@@ -23,21 +23,30 @@ from psycopg.conninfo import make_conninfo
 if TYPE_CHECKING:
     from .config import InstanceConfig
     from .pidfile import PidFile
+from .states import Reason
 
 T = TypeVar("T")
 APPLICATION_NAME = "pgmedic"
 DEFAULT_SOCKET_DIR = "/var/run/postgresql"
 
 # Server answers that mean "alive, but not letting clients in right now".
-_REJECTING_SQLSTATES = {"57P03": "starting, stopping or in recovery", "53300": "connection slots exhausted"}
-_REJECTING_TEXTS = (
-    ("starting up", "starting up"),
-    ("shutting down", "shutting down"),
-    ("in recovery mode", "in crash recovery"),
-    ("not yet accepting connections", "recovering, not yet accepting connections"),
-    ("too many clients", "connection slots exhausted"),
-    ("connection slots are reserved", "connection slots exhausted"),
+# How the server says it refuses connections for now: SQLSTATE first, then libpq's own wording (a
+# refusal during startup may come before any SQLSTATE). Classified once, here, into an enum.
+_FULL_SQLSTATE = "53300"  # too_many_connections
+_REFUSAL_TEXTS = (
+    ("starting up", Reason.STARTING),
+    ("shutting down", Reason.STOPPING),
+    ("in recovery mode", Reason.RECOVERING),
+    ("not yet accepting connections", Reason.RECOVERING),
+    ("too many clients", Reason.FULL),
+    ("connection slots are reserved", Reason.FULL),
 )
+_REFUSAL_WORDS = {
+    Reason.STARTING: "starting up",
+    Reason.STOPPING: "shutting down",
+    Reason.RECOVERING: "recovering, not yet accepting connections",
+    Reason.FULL: "connection slots exhausted",
+}
 
 
 def connect_kwargs(cfg: InstanceConfig, pid_file: PidFile | None, timeout: float) -> dict[str, object]:
@@ -120,16 +129,20 @@ def call_with_deadline(fn: Callable[[], T], timeout: float, name: str = "pgmedic
     return box["result"]  # type: ignore[return-value]
 
 
-def rejecting_reason(exc: BaseException) -> str | None:
-    """If EXC is the server refusing connections for now (starting, recovering, full), say why."""
-    state = getattr(exc, "sqlstate", None)
-    if state in _REJECTING_SQLSTATES:
-        return _REJECTING_SQLSTATES[state]
+def rejecting_reason(exc: BaseException) -> Reason | None:
+    """If EXC is the server refusing connections for now, why: starting, stopping, recovering or full."""
+    if getattr(exc, "sqlstate", None) == _FULL_SQLSTATE:
+        return Reason.FULL
     text = str(exc)
-    for needle, reason in _REJECTING_TEXTS:
-        if needle in text:
-            return reason
-    return None
+    found = next((reason for needle, reason in _REFUSAL_TEXTS if needle in text), None)
+    if found is None and getattr(exc, "sqlstate", None) == "57P03":  # cannot_connect_now
+        return Reason.RECOVERING
+    return found
+
+
+def refusal_text(reason: Reason) -> str:
+    """The words for a refusal in a probe's detail."""
+    return _REFUSAL_WORDS.get(reason, str(reason))
 
 
 def first_line(exc: BaseException) -> str:

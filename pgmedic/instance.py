@@ -26,33 +26,14 @@ from pathlib import Path
 
 from . import procfs, signals
 from .config import InstanceConfig
-from .connection import call_with_deadline, connect, first_line, rejecting_reason
+from .connection import call_with_deadline, connect, first_line, refusal_text, rejecting_reason
 from .pidfile import PidFile, read_pid_file
 from .runner import is_spawned
+from .states import EXIT_CODES, Reason, State
 from .titles import classify_title
 
 START_TIME_TOLERANCE = 5.0  # seconds between the pid file's start time and the process's
 POSTGRES_EXECUTABLES = ("postgres", "postmaster")
-
-
-class State(enum.StrEnum):
-    ACCEPTING = "accepting"
-    REJECTING = "rejecting"
-    NOT_RESPONDING = "not_responding"
-    NOT_RUNNING = "not_running"
-    NO_DATA_DIRECTORY = "no_data_directory"
-    UNVERIFIED = "unverified"  # /proc could not be read to tell whose process the pid file names
-
-
-# Exit codes of `pgmedic monitor`, shared with any supervisor that calls it as a monitor script.
-EXIT_CODES = {
-    State.ACCEPTING: 0,
-    State.REJECTING: 1,
-    State.NOT_RESPONDING: 1,
-    State.NOT_RUNNING: 3,
-    State.NO_DATA_DIRECTORY: 4,
-    State.UNVERIFIED: 2,  # a deployment problem: pgmedic runs as neither root nor the owner
-}
 
 
 class Verdict(enum.StrEnum):
@@ -136,6 +117,7 @@ class Identity:
 @dataclass(frozen=True)
 class Probe:
     state: State
+    reason: Reason
     detail: str
     postmaster: Postmaster | None = None
     pid_file: PidFile | None = None
@@ -282,39 +264,42 @@ class Instance:
         start = time.monotonic()
         problem = self.data_directory_problem()
         if problem:
-            return Probe(State.NO_DATA_DIRECTORY, problem, duration=time.monotonic() - start)
+            return Probe(State.NO_DATA_DIRECTORY, Reason.NO_DATA_DIRECTORY, problem, duration=time.monotonic() - start)
         identity = self.identify()
         pid_file, postmaster = identity.pid_file, identity.postmaster
 
-        def done(state: State, detail: str) -> Probe:
-            return Probe(state, detail, postmaster, pid_file, time.monotonic() - start)
+        def done(state: State, reason: Reason, detail: str) -> Probe:
+            return Probe(state, reason, detail, postmaster, pid_file, time.monotonic() - start)
 
         if identity.verdict is Verdict.NO_PID_FILE:
-            return done(State.NOT_RUNNING, "no postmaster.pid: the server is not running")
+            return done(State.NOT_RUNNING, Reason.NO_PID_FILE, "no postmaster.pid: the server is not running")
         if identity.verdict is Verdict.UNVERIFIABLE:
-            return done(State.UNVERIFIED, identity.reason)
+            return done(State.UNVERIFIED, Reason.UNVERIFIABLE, identity.reason)
         if postmaster is None or pid_file is None:
             assert pid_file is not None
             return done(
                 State.NOT_RUNNING,
+                Reason.STALE_PID_FILE,
                 f"stale postmaster.pid: pid {pid_file.pid} is not this instance's postmaster ({identity.reason})",
             )
         if pid_file.status in ("starting", "stopping"):
-            return done(State.REJECTING, f"postmaster {postmaster.pid} is {pid_file.status}")
+            reason = Reason.STARTING if pid_file.status == "starting" else Reason.STOPPING
+            return done(State.REJECTING, reason, f"postmaster {postmaster.pid} is {pid_file.status}")
         remaining = timeout - (time.monotonic() - start)
         try:
             call_with_deadline(lambda: self.select_one(pid_file, max(remaining, 0.1)), remaining, "pgmedic-probe")
         except TimeoutError:
             stopped = " (the postmaster is stopped, SIGSTOP)" if postmaster.stat.is_stopped else ""
-            return done(State.NOT_RESPONDING, f"no answer to SQL within {timeout:.1f}s{stopped}")
+            return done(State.NOT_RESPONDING, Reason.HUNG, f"no answer to SQL within {timeout:.1f}s{stopped}")
         except Exception as exc:
-            reason = rejecting_reason(exc)
-            if reason:
-                return done(State.REJECTING, f"postmaster {postmaster.pid} is up but {reason}")
+            refusal = rejecting_reason(exc)
+            if refusal is not None:
+                return done(State.REJECTING, refusal, f"postmaster {postmaster.pid} is up but {refusal_text(refusal)}")
             if self.postmaster() is None:  # it died while we were asking
-                return done(State.NOT_RUNNING, "the postmaster exited during the probe")
-            return done(State.REJECTING, f"postmaster {postmaster.pid} is up but SQL failed: {first_line(exc)}")
-        return done(State.ACCEPTING, f"postmaster {postmaster.pid} is accepting connections")
+                return done(State.NOT_RUNNING, Reason.EXITED, "the postmaster exited during the probe")
+            detail = f"postmaster {postmaster.pid} is up but SQL failed: {first_line(exc)}"
+            return done(State.REJECTING, Reason.SQL_ERROR, detail)
+        return done(State.ACCEPTING, Reason.ACCEPTING, f"postmaster {postmaster.pid} is accepting connections")
 
     def select_one(self, pid_file: PidFile | None, timeout: float) -> None:
         """Connect afresh and run SELECT 1 (raises on any failure)."""

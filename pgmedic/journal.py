@@ -10,6 +10,7 @@ remediator can both write; ``synchronous=FULL`` makes a commit survive a crash o
 from __future__ import annotations
 
 import contextlib
+import enum
 import grp
 import json
 import os
@@ -115,7 +116,7 @@ class Journal:
         return db
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         """An immediate (write-locked) transaction, committed on success, rolled back on error."""
         db = self._connect()
         try:
@@ -128,7 +129,7 @@ class Journal:
         finally:
             db.close()
 
-    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         db = self._connect()
         try:
             return db.execute(sql, args).fetchall()
@@ -160,7 +161,7 @@ class Journal:
         return event_id
 
     def event(self, instance: str | None, kind: str, notify: tuple[str, ...] = (), **detail: Any) -> int:
-        with self.transaction() as db:
+        with self._transaction() as db:
             return self.add_event(db, instance, kind, notify, **detail)
 
     def events(self, since_id: int = 0, instance: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
@@ -169,19 +170,37 @@ class Journal:
         if instance is not None:
             sql += " AND instance = ?"
             args.append(instance)
-        rows = self.query(sql + " ORDER BY id LIMIT ?", (*args, limit))
+        rows = self._query(sql + " ORDER BY id LIMIT ?", (*args, limit))
         return [
             {**json.loads(r["detail"]), "id": r["id"], "ts": r["ts"], "instance": r["instance"], "kind": r["kind"]}
             for r in rows
         ]
 
+    @contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """Writes that commit together or not at all (the decisions on one webhook delivery)."""
+        with self._transaction() as db:
+            yield Batch(self, db)
+
+    def ping(self) -> None:
+        """Raise unless the journal can be read (the health check)."""
+        self._query("SELECT 1")
+
     # ---- episodes -------------------------------------------------------------------------------
-    ENDED = ("done", "skipped")  # finished without spending the budget: may be reopened
+    def last_episode(self, instance: str) -> dict[str, Any] | None:
+        """The instance's most recently updated episode (key, action, status, result, updated_at)."""
+        rows = self._query(
+            "SELECT key, action, status, result, updated_at FROM episodes WHERE instance = ? "
+            "ORDER BY updated_at DESC LIMIT 1",
+            (instance,),
+        )
+        return dict(rows[0]) if rows else None
+
     OPEN = ("pending", "running")
 
     def open_episodes(self, instance: str) -> list[str]:
         """Keys of the instance's pending or running episodes, oldest first."""
-        rows = self.query(
+        rows = self._query(
             "SELECT key FROM episodes WHERE instance = ? AND status IN ('pending', 'running') ORDER BY received_at",
             (instance,),
         )
@@ -189,7 +208,7 @@ class Journal:
 
     def claim_episode(self, key: str) -> dict[str, Any] | None:
         """Mark a pending (or, after a crash, running) episode running; its row, or None if it is not open."""
-        with self.transaction() as db:
+        with self._transaction() as db:
             row = db.execute("SELECT * FROM episodes WHERE key = ?", (key,)).fetchone()
             if row is None or row["status"] not in self.OPEN:
                 return None
@@ -199,15 +218,15 @@ class Journal:
             return dict(row)
 
     def finish_episode(self, instance: str, key: str, status: str, result: str) -> None:
-        with self.transaction() as db:
+        with self._transaction() as db:
             db.execute(
                 "UPDATE episodes SET status = ?, result = ?, updated_at = ? WHERE key = ?",
                 (status, result, time.time(), key),
             )
             self.add_event(db, instance, "episode_" + status, episode=key, result=result)
 
-    @classmethod
-    def requeue_ended_episode(cls, db: sqlite3.Connection, key: str, now: float) -> bool:
+    @staticmethod
+    def _requeue_ended(db: sqlite3.Connection, key: str, now: float) -> bool:
         """Within DB's transaction: make an ended (done or skipped) episode pending again; True if it was."""
         return bool(
             db.execute(
@@ -219,21 +238,21 @@ class Journal:
 
     def reopen_episode(self, key: str, reason: str) -> bool:
         """Reopen an ended episode because its instance failed again before the alert could show it."""
-        with self.transaction() as db:
+        with self._transaction() as db:
             row = db.execute("SELECT instance FROM episodes WHERE key = ?", (key,)).fetchone()
-            if row is None or not self.requeue_ended_episode(db, key, time.time()):
+            if row is None or not self._requeue_ended(db, key, time.time()):
                 return False
             self.add_event(db, row["instance"], "failed_again", episode=key, reason=reason)
             return True
 
     def record_action_pgid(self, key: str, pgid: int | None) -> None:
         """The process group of the command acting for KEY right now (None when it ended)."""
-        with self.transaction() as db:
+        with self._transaction() as db:
             db.execute("UPDATE episodes SET action_pgid = ? WHERE key = ?", (pgid, key))
 
     def restarts_in_episode(self, instance: str, key: str, since: float = 0.0) -> int:
         """How many actions episode KEY started since SINCE."""
-        rows = self.query(
+        rows = self._query(
             "SELECT count(*) FROM events WHERE instance = ? AND kind = 'restart_started' AND episode = ? AND ts >= ?",
             (instance, key, since),
         )
@@ -243,7 +262,7 @@ class Journal:
         """Actions started in the current window (since its start or the last re-arm, ARMED_AT), and when
         the last one ended (or started, if it never ended): backoff counts from there."""
         since = max(time.time() - window, armed_at)
-        rows = self.query(
+        rows = self._query(
             "SELECT sum(kind = 'restart_started'), max(ts) FROM events WHERE instance = ? "
             "AND kind IN ('restart_started', 'restarted', 'restart_failed') AND ts >= ?",
             (instance, since),
@@ -252,7 +271,7 @@ class Journal:
 
     # ---- instance state -------------------------------------------------------------------------
     def state(self, instance: str) -> InstanceState:
-        rows = self.query("SELECT * FROM instance_state WHERE instance = ?", (instance,))
+        rows = self._query("SELECT * FROM instance_state WHERE instance = ?", (instance,))
         if not rows:
             return InstanceState(instance)
         r = rows[0]
@@ -264,7 +283,7 @@ class Journal:
 
     def set_suspended(self, instance: str, suspended: bool, who: str, notify: tuple[str, ...] = ()) -> bool:
         """Suspend or resume; resume also clears FAILED and re-arms the restart budget. True if it changed."""
-        with self.transaction() as db:
+        with self._transaction() as db:
             self._ensure_state(db, instance)
             before = db.execute("SELECT * FROM instance_state WHERE instance = ?", (instance,)).fetchone()
             if suspended:
@@ -286,7 +305,7 @@ class Journal:
         are work, not history. Returns how many rows went from each table.
         """
         cutoff = time.time() - older_than
-        with self.transaction() as db:
+        with self._transaction() as db:
             counts = {
                 "events": db.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount,
                 "episodes": db.execute(
@@ -298,31 +317,124 @@ class Journal:
             }
         return counts
 
-    def set_failed(self, db: sqlite3.Connection, instance: str, reason: str) -> None:
+    def _set_failed(self, db: sqlite3.Connection, instance: str, reason: str) -> None:
         self._ensure_state(db, instance)
         db.execute(
             "UPDATE instance_state SET failed_at = ?, failed_reason = ? WHERE instance = ?",
             (time.time(), reason, instance),
         )
 
+    def mark_failed(self, instance: str, why: str, escalate: tuple[str, ...] | None, **detail: Any) -> bool:
+        """FAILED because of WHY, with a `failed` event; with ESCALATE (the KSYS notifiers) an `escalated`
+        event for them too.
+
+        Once only: False when the instance already is FAILED, so KSYS hears of one failure once.
+        """
+        with self._transaction() as db:
+            row = db.execute("SELECT failed_at FROM instance_state WHERE instance = ?", (instance,)).fetchone()
+            if row is not None and row["failed_at"] is not None:
+                return False
+            self._set_failed(db, instance, why)
+            self.add_event(db, instance, "failed", **detail)
+            if escalate is not None:
+                self.add_event(db, instance, "escalated", escalate, **detail)
+            return True
+
+    # ---- KSYS outbox ----------------------------------------------------------------------------
+    def due_deliveries(self, notifiers: tuple[str, ...], limit: int) -> list[Delivery]:
+        """Undelivered notifications for NOTIFIERS whose next attempt is due, oldest first."""
+        if not notifiers:
+            return []
+        marks = ", ".join("?" for _ in notifiers)
+        rows = self._query(
+            f"SELECT id, notifier, payload, attempts FROM outbox WHERE delivered_at IS NULL AND next_attempt <= ? "
+            f"AND notifier IN ({marks}) ORDER BY id LIMIT ?",
+            (time.time(), *notifiers, limit),
+        )
+        return [Delivery(r["id"], r["notifier"], r["payload"], r["attempts"]) for r in rows]
+
+    def delivery_done(self, delivery: Delivery, error: str | None, retry_in: float) -> None:
+        """Record one attempt: delivered (ERROR None) or failed, to be retried in RETRY_IN seconds."""
+        attempts = delivery.attempts + 1
+        with self._transaction() as db:
+            if error is None:
+                db.execute(
+                    "UPDATE outbox SET delivered_at = ?, attempts = ?, last_error = NULL WHERE id = ?",
+                    (time.time(), attempts, delivery.id),
+                )
+                self.add_event(db, None, "ksys_delivered", notifier=delivery.notifier, outbox=delivery.id)
+                return
+            db.execute(
+                "UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE id = ?",
+                (attempts, time.time() + retry_in, error, delivery.id),
+            )
+            self.add_event(
+                db, None, "ksys_failed", notifier=delivery.notifier, outbox=delivery.id, error=error,
+                attempt=attempts, retry_in=retry_in,
+            )  # fmt: skip
+
     def expire_failed(self, instance: str, window: float) -> bool:
         """Re-arm an instance whose FAILED state is older than WINDOW; True if it did."""
         st = self.state(instance)
         if st.failed_at is None or st.failed_within(window):
             return False
-        with self.transaction() as db:
+        with self._transaction() as db:
             current = db.execute("SELECT failed_at FROM instance_state WHERE instance = ?", (instance,)).fetchone()
             if current is None or current["failed_at"] != st.failed_at:
                 return False
-            self.clear_failed(db, instance)
+            self._clear_failed(db, instance)
             self.add_event(db, instance, "rearmed", reason=f"restart window of {window:g}s passed since FAILED")
         return True
 
-    def clear_failed(self, db: sqlite3.Connection, instance: str) -> None:
+    def _clear_failed(self, db: sqlite3.Connection, instance: str) -> None:
         db.execute(
             "UPDATE instance_state SET failed_at = NULL, failed_reason = NULL, armed_at = ? WHERE instance = ?",
             (time.time(), instance),
         )
+
+
+class EpisodeOpened(enum.Enum):
+    """What a firing delivery did to its episode (fingerprint + startsAt)."""
+
+    NEW = "new"  # first delivery: a pending episode
+    REQUEUED = "requeued"  # the episode had ended (done, skipped): pending again, to be re-probed
+    IN_PROGRESS = "in_progress"  # pending, running or failed: a duplicate
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One notification owed to a KSYS notifier."""
+
+    id: int
+    notifier: str
+    payload: str
+    attempts: int
+
+
+class Batch:
+    """The journal's writes inside one transaction (``Journal.batch``)."""
+
+    def __init__(self, journal: Journal, db: sqlite3.Connection) -> None:
+        self._journal, self._db = journal, db
+
+    def add_event(self, instance: str | None, kind: str, notify: tuple[str, ...] = (), **detail: Any) -> int:
+        return self._journal.add_event(self._db, instance, kind, notify, **detail)
+
+    def open_episode(
+        self, key: str, instance: str, alertname: str, action: str, starts_at: float | None
+    ) -> EpisodeOpened:
+        """Record a firing alert's episode: new, requeued (it had ended), or already in progress."""
+        now = time.time()
+        inserted = self._db.execute(
+            "INSERT OR IGNORE INTO episodes (key, instance, alertname, action, status, starts_at, received_at, "
+            "updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
+            (key, instance, alertname, action, starts_at, now, now),
+        ).rowcount
+        if inserted:
+            return EpisodeOpened.NEW
+        if self._journal._requeue_ended(self._db, key, now):
+            return EpisodeOpened.REQUEUED
+        return EpisodeOpened.IN_PROGRESS
 
 
 EVENT_SCHEMA = "pgmedic.event/v1"

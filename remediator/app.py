@@ -125,7 +125,7 @@ def create_app(config: Config, *, start_background: bool = True) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
-        journal.query("SELECT 1")
+        journal.ping()
         return jsonify(status="ok"), 200
 
     @app.get("/api/v1/status")
@@ -134,18 +134,14 @@ def create_app(config: Config, *, start_background: bool = True) -> Flask:
         out: dict[str, Any] = {}
         for name, (state, remaining) in snapshot.items():
             st = journal.state(name)
-            last = journal.query(
-                "SELECT key, action, status, result, updated_at FROM episodes WHERE instance = ? "
-                "ORDER BY updated_at DESC LIMIT 1",
-                (name,),
-            )
+            last = journal.last_episode(name)
             out[name] = {
                 "state": state,
                 "budget_remaining": remaining,
                 "max_restart": rem.config.instance(name).max_restart,
                 "suspended": st.suspended,
                 "failed_reason": st.failed_reason if st.failed else None,
-                "last_action": dict(last[0]) if last else None,
+                "last_action": last,
             }
         return jsonify(instances=out, config=rem.status.document(), time=time.time()), 200
 

@@ -22,9 +22,11 @@ from typing import Any
 
 from pgmedic import actions
 from pgmedic.config import Config, InstanceConfig
-from pgmedic.instance import Instance, State, Verdict
-from pgmedic.journal import Journal
+from pgmedic.instance import Instance, Probe, Verdict
+from pgmedic.journal import EpisodeOpened, Journal
 from pgmedic.runner import group_alive, on_spawn
+from pgmedic.states import Reason, State
+from pgmedic.text import shown
 
 from .locks import instance_lock
 from .metrics import RemediatorMetrics
@@ -35,9 +37,35 @@ POLL = 0.1  # seconds between probes while waiting for an instance to accept con
 IDLE_WAKE = 5.0  # a worker looks for unfinished work at least this often
 
 
+class Decision(enum.Enum):
+    """What was decided for one delivered alert (the `result` of its notification event)."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    RECHECK = "recheck"
+    IGNORED = "ignored"
+
+
+OPENED_DECISION = {
+    EpisodeOpened.NEW: (Decision.ACCEPTED, "queued"),
+    # Still firing after its episode ended: the instance may have failed again before Prometheus saw
+    # it up (the alert keeps its startsAt). The worker re-probes it and acts only if it is down.
+    EpisodeOpened.REQUEUED: (Decision.RECHECK, "episode ended but the alert still fires: re-probing"),
+    EpisodeOpened.IN_PROGRESS: (Decision.DUPLICATE, "already being handled"),
+}
+
+
+class Ended(enum.StrEnum):
+    """How an episode ended (the episode's status in the journal)."""
+
+    DONE = "done"  # acted and recovered
+    SKIPPED = "skipped"  # nothing to do, or not allowed to act
+    FAILED = "failed"  # the restart budget is spent
+
+
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # done, skipped, failed
+    status: Ended
     result: str
 
 
@@ -144,8 +172,7 @@ class Engine:
         decisions: list[dict[str, Any]] = []
         wake: set[str] = set()
         resolved: set[str] = set()
-        now = time.time()
-        with self.journal.transaction() as db:
+        with self.journal.batch() as batch:
             for alert in alerts:
                 name = alert.labels.get("pg_instance")
                 action = self.action_for(alert)
@@ -157,39 +184,28 @@ class Engine:
                     "source": source,
                 }
                 if name is None:
-                    result, reason = "ignored", "no pg_instance label"
+                    result, reason = Decision.IGNORED, "no pg_instance label"
                 elif name not in self.config.instances:
-                    result, reason = "ignored", "not a configured instance"
+                    result, reason = Decision.IGNORED, "not a configured instance"
                 elif alert.status == "resolved":
-                    result, reason = "ignored", "resolved"
+                    result, reason = Decision.IGNORED, "resolved"
                     resolved.add(alert.episode)
                 elif action not in ("restart", "start"):
-                    result, reason = "ignored", f"action {action!r}: nothing to do"
+                    result, reason = Decision.IGNORED, f"action {shown(action)}: nothing to do"
                 else:
-                    inserted = db.execute(
-                        "INSERT OR IGNORE INTO episodes (key, instance, alertname, action, status, starts_at, "
-                        "received_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
-                        (alert.episode, name, alert.alertname, action, alert.starts_at_epoch, now, now),
-                    ).rowcount
-                    if inserted:
-                        result, reason = "accepted", f"{action} queued"
-                    elif self.journal.requeue_ended_episode(db, alert.episode, now):
-                        # Still firing after its episode ended: the instance may have failed again before
-                        # Prometheus saw it up (the alert keeps its startsAt). The worker re-probes it.
-                        result, reason = "recheck", "episode ended but the alert still fires: re-probing"
-                    else:
-                        result, reason = "duplicate", "already being handled"
-                    if result != "duplicate":
+                    opened = batch.open_episode(alert.episode, name, alert.alertname, action, alert.starts_at_epoch)
+                    result, reason = OPENED_DECISION[opened]
+                    if result is not Decision.DUPLICATE:
                         wake.add(name)
                 known = name if name in self.config.instances else None
-                detail = {**base, "result": result, "reason": reason}
+                detail = {**base, "result": result.value, "reason": reason}
                 if name is not None and known is None:
                     detail["pg_instance"] = name  # kept as data, never used to act
-                if result in ("accepted", "duplicate", "recheck"):
+                if result in (Decision.ACCEPTED, Decision.DUPLICATE, Decision.RECHECK):
                     detail["episode"] = alert.episode
-                self.journal.add_event(db, known, "notification", **detail)
+                batch.add_event(known, "notification", **detail)
                 decisions.append(
-                    {"pg_instance": name, "alertname": alert.alertname, "result": result, "reason": reason}
+                    {"pg_instance": name, "alertname": alert.alertname, "result": result.value, "reason": reason}
                 )
         for d in decisions:
             self.metrics.notifications.labels(d["result"]).inc()
@@ -210,6 +226,7 @@ class Engine:
             if self._stop.is_set() or not self._serving(name):
                 return
             try:
+                self.journal.expire_failed(name, self.config.instance(name).restart_window)  # housekeeping
                 for key in self.journal.open_episodes(name):
                     if self._stop.is_set():
                         return
@@ -263,7 +280,7 @@ class Engine:
             if outcome is None:  # stopping: the episode stays running and is resumed at the next start
                 return
             self.journal.finish_episode(name, key, outcome.status, outcome.result)
-            if outcome.status == "done" and self.config.remediator.recovery_watch > 0:
+            if outcome.status is Ended.DONE and self.config.remediator.recovery_watch > 0:
                 self._watch[name] = Watch(name, key, time.monotonic() + self.config.remediator.recovery_watch)
 
     def _remediate(self, cfg: InstanceConfig, episode: dict[str, Any]) -> Outcome | None:
@@ -283,32 +300,32 @@ class Engine:
             if state.suspended:
                 self.metrics.actions.labels(name, episode["action"], "skipped").inc()
                 self.journal.event(name, "skipped", episode=key, reason="suspended (maintenance)")
-                return Outcome("skipped", "suspended")
+                return Outcome(Ended.SKIPPED, "suspended")
             if state.failed:
                 self.journal.event(name, "skipped", episode=key, reason="FAILED: resume to re-arm")
-                return Outcome("skipped", "instance is FAILED")
+                return Outcome(Ended.SKIPPED, "instance is FAILED")
             probe = instance.probe()
             if probe.state is State.ACCEPTING:
                 if attempts:
                     self._recovered(cfg, episode)
-                    return Outcome("done", "recovered")
+                    return Outcome(Ended.DONE, "recovered")
                 self.journal.event(name, "skipped", episode=key, reason="healthy", probe=probe.detail)
-                return Outcome("skipped", "healthy")
+                return Outcome(Ended.SKIPPED, "healthy")
             if probe.state is State.REJECTING:
-                outcome = self._wait_out(instance, episode, probe.detail, attempts)
+                outcome = self._wait_out(instance, episode, probe, attempts)
                 if outcome is not None:
                     return outcome
                 continue  # it got worse while we waited: decide again
             if probe.state is State.UNVERIFIED:  # never act on a process pgmedic could not identify
                 self.journal.event(name, "skipped", episode=key, reason="postmaster not verifiable", probe=probe.detail)
-                return Outcome("skipped", "postmaster not verifiable")
+                return Outcome(Ended.SKIPPED, "postmaster not verifiable")
             if reopened:
                 self.journal.event(name, "episode_reopened", episode=key, reason=str(probe.state), probe=probe.detail)
                 reopened = False
             used, last_end = self.journal.restart_budget_used(name, cfg.restart_window, state.armed_at)
             if used >= cfg.max_restart:
                 self._fail(cfg, key, used)
-                return Outcome("failed", f"restart budget spent ({used} in {cfg.restart_window:g}s)")
+                return Outcome(Ended.FAILED, f"restart budget spent ({used} in {cfg.restart_window:g}s)")
             delay = cfg.restart_delay * 2 ** (used - 1) if used else 0.0
             wait = last_end + delay - time.time() if last_end else 0.0
             if wait > 0:
@@ -386,30 +403,30 @@ class Engine:
                 return Wait.TIMEOUT
             self._stop.wait(min(POLL, remaining))
 
-    def _wait_out(self, instance: Instance, episode: dict[str, Any], detail: str, attempts: int) -> Outcome | None:
+    def _wait_out(self, instance: Instance, episode: dict[str, Any], probe: Probe, attempts: int) -> Outcome | None:
         """Starting, recovering, stopping or full: never restart; wait (bounded) to see it come back.
 
         None when it got worse meanwhile (the caller decides again) or when the remediator stops.
         """
-        name, key = instance.name, episode["key"]
-        if "exhausted" in detail:
+        name, key, detail = instance.name, episode["key"], probe.detail
+        if probe.reason is Reason.FULL:
             self.journal.event(name, "skipped", episode=key, reason="alive but out of connection slots", probe=detail)
-            return Outcome("skipped", "connections exhausted: not a restart case")
+            return Outcome(Ended.SKIPPED, "connections exhausted: not a restart case")
         self.journal.event(name, "waiting", episode=key, reason=detail)
         waited = self._watch_wait(instance, instance.config.start_timeout, premise=State.REJECTING)
         if waited is Wait.ACCEPTING:
             if attempts:
                 self._recovered(instance.config, episode)
-                return Outcome("done", "recovered")
+                return Outcome(Ended.DONE, "recovered")
             self.journal.event(name, "skipped", episode=key, reason="recovered by itself")
-            return Outcome("skipped", "recovered by itself")
+            return Outcome(Ended.SKIPPED, "recovered by itself")
         if waited is Wait.WORSE:
             self.journal.event(name, "wait_ended", episode=key, reason=f"got worse while {detail}")
             return None
         if waited is Wait.STOPPING:
             return None
         self.journal.event(name, "skipped", episode=key, reason=f"still not accepting after waiting: {detail}")
-        return Outcome("skipped", "still starting or recovering; not restarted")
+        return Outcome(Ended.SKIPPED, "still starting or recovering; not restarted")
 
     def _recovered(self, cfg: InstanceConfig, episode: dict[str, Any]) -> None:
         now = time.time()
@@ -426,17 +443,11 @@ class Engine:
 
     def _fail(self, cfg: InstanceConfig, key: str, used: int) -> None:
         """Budget spent: FAILED, no more actions; KSYS hears of it once, and only for a critical instance."""
-        with self.journal.transaction() as db:
-            already = db.execute("SELECT failed_at FROM instance_state WHERE instance = ?", (cfg.name,)).fetchone()
-            if already is not None and already["failed_at"] is not None:
-                return
-            self.journal.set_failed(db, cfg.name, f"{used} restarts in {cfg.restart_window:g}s did not bring it back")
-            self.journal.add_event(db, cfg.name, "failed", episode=key, restarts=used, window=cfg.restart_window)
-            if cfg.critical:
-                self.journal.add_event(
-                    db, cfg.name, "escalated", self.notifiers, episode=key, restarts=used, window=cfg.restart_window,
-                    critical=True, reason="restart budget spent",
-                )  # fmt: skip
+        self.journal.mark_failed(
+            cfg.name, f"{used} restarts in {cfg.restart_window:g}s did not bring it back",
+            self.notifiers if cfg.critical else None,
+            episode=key, restarts=used, window=cfg.restart_window, critical=cfg.critical, reason="restart budget spent",
+        )  # fmt: skip
 
     def _wait_for_orphaned_action(self, cfg: InstanceConfig, key: str, pgid: int) -> None:
         """A previous run died while a command of this episode ran in its own session: let it finish first,
@@ -454,15 +465,14 @@ class Engine:
 
     # ---- read side ---------------------------------------------------------------------------
     def snapshot(self) -> dict[str, tuple[str, int]]:
-        """{instance: (state, budget remaining)} for metrics and the status API."""
+        """{instance: (state, budget remaining)} for metrics and the status API. Only reads: a FAILED
+        state whose window has passed reads as re-armed here, and the worker records the re-arming."""
         out = {}
         for name, cfg in self.config.instances.items():
-            self.journal.expire_failed(name, cfg.restart_window)
             st = self.journal.state(name)
+            failed = st.failed_within(cfg.restart_window)
             used, _ = self.journal.restart_budget_used(name, cfg.restart_window, st.armed_at)
-            remaining = 0 if st.failed else max(0, cfg.max_restart - used)
-            state = (
-                "failed" if st.failed else "suspended" if st.suspended else "acting" if name in self._acting else "ok"
-            )
+            remaining = 0 if failed else max(0, cfg.max_restart - used)
+            state = "failed" if failed else "suspended" if st.suspended else "acting" if name in self._acting else "ok"
             out[name] = (state, remaining)
         return out

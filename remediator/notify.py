@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -87,36 +86,11 @@ class Deliverer:
     def drain(self) -> int:
         """Try every delivery that is due; returns how many were delivered."""
         delivered = 0
-        if not self.ksys.notifiers:
-            return 0
-        placeholders = ", ".join("?" for _ in self.ksys.notifiers)
-        due = self.journal.query(
-            f"SELECT * FROM outbox WHERE delivered_at IS NULL AND next_attempt <= ? AND notifier IN ({placeholders}) "
-            "ORDER BY id LIMIT ?",
-            (time.time(), *self.ksys.notifiers, BATCH),
-        )
-        for row in due:
+        for delivery in self.journal.due_deliveries(self.ksys.notifiers, BATCH):
             if self._stop.is_set():
                 break
-            error = deliver(row["notifier"], row["payload"], self.ksys)
-            attempts = row["attempts"] + 1
-            with self.journal.transaction() as db:
-                if error is None:
-                    db.execute(
-                        "UPDATE outbox SET delivered_at = ?, attempts = ?, last_error = NULL WHERE id = ?",
-                        (time.time(), attempts, row["id"]),
-                    )
-                    self.journal.add_event(db, None, "ksys_delivered", notifier=row["notifier"], outbox=row["id"])
-                else:
-                    backoff = min(MAX_BACKOFF, 2.0**attempts)
-                    db.execute(
-                        "UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE id = ?",
-                        (attempts, time.time() + backoff, error, row["id"]),
-                    )
-                    self.journal.add_event(
-                        db, None, "ksys_failed", notifier=row["notifier"], outbox=row["id"], error=error,
-                        attempt=attempts, retry_in=backoff,
-                    )  # fmt: skip
+            error = deliver(delivery.notifier, delivery.payload, self.ksys)
+            self.journal.delivery_done(delivery, error, retry_in=min(MAX_BACKOFF, 2.0 ** (delivery.attempts + 1)))
             self.metrics.ksys.labels("delivered" if error is None else "failed").inc()
             delivered += error is None
         return delivered

@@ -346,20 +346,22 @@ def test_ksys_command_notifier_gets_the_event_on_stdin(
 
 
 def test_journal_prunes_history_but_never_unfinished_work(tmp_path: Path) -> None:
+    """Old rows are made by hand in the database file (the test's own SQL); pruning is the journal's."""
     import sqlite3
 
     from pgmedic.journal import Journal
 
     journal = Journal(str(tmp_path))
+    journal.event("main", "restart_started", ("webhook",), episode="e-old")
+    journal.event("main", "recovered", episode="e-new")
     old = time.time() - 40 * 86400
-    with journal.transaction() as db:
-        journal.add_event(db, "main", "restart_started", ("webhook",), episode="e-old")
-        journal.add_event(db, "main", "recovered", episode="e-new")
+    with sqlite3.connect(journal.path) as db:
         for key, status in (("e-old", "done"), ("e-stuck", "running"), ("e-new", "done")):
+            when = old if key != "e-new" else time.time()
             db.execute(
-                "INSERT INTO episodes (key, instance, action, status, received_at, updated_at) VALUES (?, 'main', "
-                "'start', ?, ?, ?)",
-                (key, status, old if key != "e-new" else time.time(), old if key != "e-new" else time.time()),
+                "INSERT INTO episodes (key, instance, action, status, received_at, updated_at) "
+                "VALUES (?, 'main', 'start', ?, ?, ?)",
+                (key, status, when, when),
             )
         db.execute("UPDATE events SET ts = ? WHERE episode = 'e-old'", (old,))
         db.execute(
@@ -368,12 +370,11 @@ def test_journal_prunes_history_but_never_unfinished_work(tmp_path: Path) -> Non
         )
     pruned = journal.prune(30 * 86400)
     assert pruned == {"events": 1, "episodes": 1, "outbox": 1}
-    keys = {r["key"] for r in journal.query("SELECT key FROM episodes")}
-    assert keys == {"e-stuck", "e-new"}, "running work survives whatever its age"
-    undelivered = journal.query("SELECT count(*) FROM outbox WHERE delivered_at IS NULL")[0][0]
-    assert undelivered == 1, "an undelivered KSYS event is never pruned"
+    assert journal.open_episodes("main") == ["e-stuck"], "running work survives whatever its age"
+    assert journal.last_episode("main")["key"] == "e-new"  # type: ignore[index]
+    due = journal.due_deliveries(("webhook",), 10)
+    assert len(due) == 1 and json.loads(due[0].payload)["event"] == "restart_started", "undelivered: never pruned"
     assert [e["kind"] for e in journal.events()] == ["recovered"]
-    assert isinstance(journal.query("PRAGMA journal_mode")[0][0], str)
     assert sqlite3.connect(journal.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
