@@ -4,10 +4,18 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo dashboards lint rules-check system-deps venv bench clean
+.PHONY: test test-fast demo dashboards lint typecheck rules-check system-deps venv bench clean
 
-test: venv system-deps lint rules-check
+# Everything: lint, types, promtool/amtool, and every test layer (fast, real clusters, end to end).
+test: venv system-deps lint typecheck rules-check
 	$(PY) -m pytest tests
+
+# The inner loop, seconds: in-process tests and CLI tests without PostgreSQL (no cluster, no e2e).
+test-fast: venv lint
+	$(PY) -m pytest -q -m "not cluster and not e2e" tests
+
+typecheck: venv
+	$(VENV)/bin/mypy
 
 demo: venv system-deps
 	$(VENV)/bin/pgmedic demo

@@ -39,7 +39,7 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     ),
     "pg_process_memory_bytes": (
         GAUGE,
-        "Resident memory of the postmaster and its children summed by backend type, from /proc/PID/status: "
+        "Resident memory of the postmaster and its children summed by backend type, from /proc/PID/statm (swap from status): "
         "anon (private, RssAnon), shared (RssFile+RssShmem, counted in every process), swap (VmSwap).",
     ),
     "pg_backend_memory_anon_max_bytes": (GAUGE, "Largest private (RssAnon) memory of one client backend (/proc)."),
@@ -56,12 +56,15 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         INFO,
         "Version, data directory and port of the instance (SQL, else PG_VERSION and the config).",
     ),
-    "pg_settings_max_connections": (GAUGE, "max_connections from pg_settings."),
-    "pg_settings_superuser_reserved_connections": (GAUGE, "superuser_reserved_connections from pg_settings."),
-    "pg_settings_work_mem_bytes": (GAUGE, "work_mem from pg_settings, in bytes."),
-    "pg_settings_maintenance_work_mem_bytes": (GAUGE, "maintenance_work_mem from pg_settings, in bytes."),
-    "pg_settings_temp_buffers_bytes": (GAUGE, "temp_buffers from pg_settings, in bytes."),
-    "pg_settings_shared_buffers_bytes": (GAUGE, "shared_buffers from pg_settings, in bytes."),
+    "pg_settings_max_connections": (GAUGE, "max_connections, read with current_setting()."),
+    "pg_settings_superuser_reserved_connections": (
+        GAUGE,
+        "superuser_reserved_connections, read with current_setting().",
+    ),
+    "pg_settings_work_mem_bytes": (GAUGE, "work_mem, read with current_setting(), in bytes."),
+    "pg_settings_maintenance_work_mem_bytes": (GAUGE, "maintenance_work_mem, read with current_setting(), in bytes."),
+    "pg_settings_temp_buffers_bytes": (GAUGE, "temp_buffers, read with current_setting(), in bytes."),
+    "pg_settings_shared_buffers_bytes": (GAUGE, "shared_buffers, read with current_setting(), in bytes."),
     "pg_stat_activity_connections": (
         GAUGE,
         "Client backends by database and state, from pg_stat_activity "

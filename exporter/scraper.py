@@ -16,10 +16,12 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from types import ModuleType
 
 from pgmedic import __version__
 from pgmedic.config import Config, InstanceConfig
 from pgmedic.instance import Instance, Verdict
+from pgmedic.pidfile import PidFile
 
 from . import sqlview
 from .collectors import OS_COLLECTORS, SQL_COLLECTORS
@@ -43,7 +45,7 @@ class InstanceScraper:
         self.tracker_lock = threading.Lock()
 
     def start_sql(
-        self, executor: ThreadPoolExecutor, pid_file, timeout: float
+        self, executor: ThreadPoolExecutor, pid_file: PidFile | None, timeout: float
     ) -> tuple[Future[SqlFacts], OwnBackend] | None:
         """Start this scrape's SQL visit, unless the previous one is still running (then None)."""
         if not self._in_flight.acquire(blocking=False):
@@ -148,7 +150,7 @@ class Exporter:
             return SqlFacts(errors={"connection": "no answer before the scrape timeout"})
 
     @staticmethod
-    def _run(collector, ctx: ScrapeContext, out: MetricSet) -> None:
+    def _run(collector: ModuleType, ctx: ScrapeContext, out: MetricSet) -> None:
         began = time.monotonic()
         ok = 1
         try:

@@ -57,25 +57,32 @@ class TrackedProcess:
         self.pid = pid
         self.backend_type: str | None = None
         self.own = False  # the exporter's own SQL backend: tracked, but never reported or accounted
-        self.stat_fd = self.statm_fd = self.sched_fd = None
-        self.sched = self.statm = b""
+        self.stat_fd: int | None = None
+        self.statm_fd: int | None = None
+        self.sched_fd: int | None = None
+        self.sched = b""
+        self.statm: bytes | None = b""
         self.anon = self.shared = self.swap = 0
-        if keep_open:
-            self._open()
-            stat = procfs.parse_stat(pid, _pread(self.stat_fd))
-        else:
-            stat = procfs.read_stat(pid)
-        if stat is None or stat.is_zombie:
+        try:
+            if keep_open:
+                self._open()
+                assert self.stat_fd is not None
+                stat = procfs.parse_stat(pid, _pread(self.stat_fd))
+            else:
+                stat = procfs.read_stat(pid)
+            if stat is None or stat.is_zombie:
+                raise ProcessGone(pid)
+            self.start_ticks = stat.start_ticks
+            self.user_seconds, self.system_seconds = stat.utime_seconds, stat.stime_seconds
+            if self.sched_fd is not None:
+                self.sched = _pread(self.sched_fd)  # stat was just read: no need to read it again below
+            self.update(
+                procfs.read_file(f"{procfs.PROC}/{pid}/statm") if self.statm_fd is None else _pread(self.statm_fd),
+                self.sched,
+            )
+        except BaseException:  # every path out of here without a tracked process closes what was opened
             self.close()
-            raise ProcessGone(pid)
-        self.start_ticks = stat.start_ticks
-        self.user_seconds, self.system_seconds = stat.utime_seconds, stat.stime_seconds
-        if self.sched_fd is not None:
-            self.sched = _pread(self.sched_fd)  # stat was just read: no need to read it again below
-        self.update(
-            procfs.read_file(f"{procfs.PROC}/{pid}/statm") if self.statm_fd is None else _pread(self.statm_fd),
-            self.sched,
-        )
+            raise
 
     def _open(self) -> None:
         """Descriptors of stat, statm and (when the kernel has it) schedstat; ProcessGone if pid is gone."""
@@ -155,7 +162,7 @@ class ProcessTracker:
             if proc is not None:
                 try:
                     if proc.sched_fd is not None:
-                        statm, sched = pread(proc.statm_fd, SMALL_READ, 0), pread(proc.sched_fd, SMALL_READ, 0)
+                        statm, sched = pread(proc.statm_fd, SMALL_READ, 0), pread(proc.sched_fd, SMALL_READ, 0)  # type: ignore[arg-type]  # sched_fd set implies statm_fd set
                         if sched != proc.sched or statm != proc.statm:
                             proc.update(statm, sched)
                     elif proc.statm_fd is not None:

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 from . import procfs, signals
 from .errors import ActionError
-from .instance import Identity, Instance, Probe, State, Verdict
+from .instance import Identity, Instance, Probe, Verdict
 from .runner import RunResult, base_env, run
+from .states import State
 from .trust import program_problem
 
 REAP_WAIT_SECONDS = 10.0  # how long to wait for a dead postmaster's zombie and orphans
@@ -120,16 +121,16 @@ def start(instance: Instance) -> ActionResult:
     if cfg.port:
         args += ["-o", f"-p {int(cfg.port)}"]  # pg_ctl hands -o to a shell: only a validated integer goes in
     try:
-        result = _pg_ctl(instance, args, cfg.start_timeout + 5)
+        ran = _pg_ctl(instance, args, cfg.start_timeout + 5)
     except (ActionError, FileNotFoundError) as exc:
         return ActionResult("start", False, str(exc), time.monotonic() - began, steps)
-    steps.append(f"pg_ctl start: {result.describe()}")
-    if result.ok:
+    steps.append(f"pg_ctl start: {ran.describe()}")
+    if ran.ok:
         return ActionResult("start", True, "started", time.monotonic() - began, steps)
     return ActionResult(
         "start",
         False,
-        f"pg_ctl start failed ({result.describe()}); see {log_file(instance)}",
+        f"pg_ctl start failed ({ran.describe()}); see {log_file(instance)}",
         time.monotonic() - began,
         steps,
     )

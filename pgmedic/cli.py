@@ -286,13 +286,13 @@ def cmd_action(config: Config, args: argparse.Namespace, argv: Sequence[str]) ->
 def cmd_exporter(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pgmedic.exporter.server import serve
 
-    return serve(config, args.listen)
+    return int(serve(config, args.listen))
 
 
 def cmd_remediator(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pgmedic.remediator.server import serve
 
-    return serve(config, args.listen)
+    return int(serve(config, args.listen))
 
 
 def cmd_assets(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:

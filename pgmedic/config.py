@@ -14,7 +14,8 @@ import grp
 import os
 import pwd
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,135 +33,6 @@ MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is a mistake or an 
 MAX_YAML_DEPTH = 32  # nesting levels; pgmedic's own files need four
 SCRIPTS_RUN_AS = ("owner", "invoker")
 ACTIONS = ("restart", "start", "none")  # what an alert may trigger; never an automatic stop
-
-
-@dataclass(frozen=True)
-class InstanceConfig:
-    """One PostgreSQL instance, as the VM agent describes it plus pgmedic's own settings."""
-
-    name: str
-    instancename: str  # OS user owning the data directory; also the default database role
-    database: str
-    data_directory: str
-    source: str  # the file this instance was read from
-    type: str = "POSTGRES"
-    configfile: str | None = None
-    start_script: str | None = None
-    stop_script: str | None = None
-    monitor_script: str | None = None
-    bin_dir: str | None = None
-    port: int | None = None
-    host: str | None = None
-    user: str | None = None
-    log_file: str | None = None
-    start_timeout: float = 60.0
-    stop_timeout: float = 30.0
-    monitor_timeout: float = 5.0
-    max_restart: int = 3
-    restart_window: float = 900.0
-    restart_delay: float = 5.0
-    critical: bool = False
-    scripts_run_as: str = "owner"  # owner: the instance's OS user; invoker: whoever runs pgmedic (VM agent style)
-
-    @property
-    def script_user(self) -> str:
-        """The OS user start/stop/monitor scripts run as (and who besides root may own them)."""
-        if self.scripts_run_as == "invoker":
-            return pwd.getpwuid(os.geteuid()).pw_name
-        return self.instancename
-
-    def scripts(self) -> dict[str, str]:
-        """The configured scripts by attribute name."""
-        named = {"start_script": self.start_script, "stop_script": self.stop_script}
-        named["monitor_script"] = self.monitor_script
-        return {key: path for key, path in named.items() if path}
-
-    @property
-    def role(self) -> str:
-        """The database role pgmedic connects as: ``user`` or else the owner's name (initdb's superuser)."""
-        return self.user or self.instancename
-
-    def attributes(self) -> dict[str, Any]:
-        """The attributes as written in a config file (defaults and derived fields left out)."""
-        out: dict[str, Any] = {}
-        defaults = InstanceConfig("", "", "", "", "")
-        for key in INSTANCE_KEYS:
-            value = getattr(self, key)
-            if key == "data_directory" and self.configfile:
-                continue
-            if value is not None and (key in ("type", "instancename", "database") or value != getattr(defaults, key)):
-                out[key] = value
-        return out
-
-
-@dataclass(frozen=True)
-class ExporterConfig:
-    listen: str = "127.0.0.1:9188"
-    default_scrape_timeout: float = 10.0  # when Prometheus sends no X-Prometheus-Scrape-Timeout-Seconds
-    timeout_margin: float = 0.25
-
-
-@dataclass(frozen=True)
-class RemediatorConfig:
-    listen: str = "127.0.0.1:9189"
-    token_file: str | None = None
-    state_dir: str = "/var/lib/pgmedic"
-    actions: dict[str, str] = field(default_factory=dict)  # alertname -> action, beside the label
-    retention: float = 30 * 86400.0  # journal history kept; unfinished work is never pruned
-    state_group: str | None = None  # a group that may read the journal and audit log (files 0640, else 0600)
-    # After a recovery, how long the remediator watches the postmaster itself, until the alert resolves:
-    # a crash before Prometheus has seen the instance up raises no new alert.
-    recovery_watch: float = 120.0
-
-
-@dataclass(frozen=True)
-class KsysConfig:
-    command: tuple[str, ...] | None = None
-    webhook: str | None = None
-    timeout: float = 10.0
-    run_as: str | None = None  # the user the command runs as; default: nobody when root, else pgmedic's own user
-
-    @property
-    def command_user(self) -> str:
-        """Who runs the KSYS command: least privilege, since it only needs the event on stdin."""
-        if self.run_as:
-            return self.run_as
-        return "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-
-    @property
-    def notifiers(self) -> tuple[str, ...]:
-        """The configured notifier kinds, in delivery order."""
-        return tuple(name for name, on in (("command", self.command), ("webhook", self.webhook)) if on)
-
-
-@dataclass(frozen=True)
-class Config:
-    path: str
-    instances: dict[str, InstanceConfig]
-    exporter: ExporterConfig = field(default_factory=ExporterConfig)
-    remediator: RemediatorConfig = field(default_factory=RemediatorConfig)
-    ksys: KsysConfig = field(default_factory=KsysConfig)
-    audit_log: str | None = None
-
-    @property
-    def instances_dir(self) -> Path:
-        return Path(self.path).parent / INSTANCES_DIR
-
-    @property
-    def audit_log_path(self) -> str:
-        return self.audit_log or os.path.join(self.remediator.state_dir, "audit.log")
-
-    def instance(self, name: str) -> InstanceConfig:
-        try:
-            return self.instances[name]
-        except KeyError:
-            known = ", ".join(sorted(self.instances)) or "none configured"
-            raise ConfigError(self.path, f"instances.{name}", f"no such instance (known: {known})") from None
-
-
-def config_path(explicit: str | None = None) -> str:
-    """The config file to use: --config, else $PGMEDIC_CONFIG, else /etc/pgmedic/pgmedic.yaml."""
-    return explicit or os.environ.get("PGMEDIC_CONFIG") or DEFAULT_CONFIG
 
 
 # ---- value checkers: each returns the converted value or raises ValueError with what is wrong ----
@@ -203,7 +75,7 @@ def _dir(value: Any) -> str:
     return path
 
 
-def _int_in(low: int, high: int):
+def _int_in(low: int, high: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
@@ -237,7 +109,7 @@ def _type(value: Any) -> str:
     return "POSTGRES"
 
 
-def _one_of(*choices: str):
+def _one_of(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}, got {shown(value)}")
@@ -323,41 +195,160 @@ def _actions(value: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
-INSTANCE_KEYS: dict[str, Any] = {
-    "type": _type,
-    "instancename": _owner,
-    "database": _str,
-    "configfile": _abs_path,
-    "data_directory": _abs_path,
-    "start_script": _script,
-    "stop_script": _script,
-    "monitor_script": _script,
-    "bin_dir": _dir,
-    "port": _int_in(1, 65535),
-    "host": _str,
-    "user": _str,
-    "log_file": _abs_path,
-    "start_timeout": _duration,
-    "stop_timeout": _duration,
-    "monitor_timeout": _duration,
-    "max_restart": _int_in(0, 1000),
-    "restart_window": _duration,
-    "restart_delay": parse_duration,
-    "critical": _bool,
-    "scripts_run_as": _one_of(*SCRIPTS_RUN_AS),
-}
-EXPORTER_KEYS = {"listen": _listen, "default_scrape_timeout": _duration, "timeout_margin": parse_duration}
-REMEDIATOR_KEYS = {
-    "listen": _listen,
-    "token_file": _abs_path,
-    "state_dir": _abs_path,
-    "actions": _actions,
-    "retention": _duration,
-    "state_group": _group,
-    "recovery_watch": parse_duration,
-}
-KSYS_KEYS = {"command": _argv, "webhook": _url, "timeout": _duration, "run_as": _user}
+def setting(check: Callable[[Any], Any], default: Any = MISSING, *, factory: Callable[[], Any] | None = None) -> Any:
+    """A configuration field: its CHECK (value -> converted value, ValueError when wrong) and default,
+    declared once here; the key tables and defaults are derived from the dataclasses."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+def checks(cls: type) -> dict[str, Callable[[Any], Any]]:
+    """{key: check} of a configuration section, from its fields."""
+    return {f.name: f.metadata["check"] for f in fields(cls) if "check" in f.metadata}
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """One PostgreSQL instance, as the VM agent describes it plus pgmedic's own settings."""
+
+    name: str
+    instancename: str = setting(_owner)  # OS user owning the data directory; also the default database role
+    database: str = setting(_str)
+    data_directory: str = setting(_abs_path)
+    source: str = field(default="")  # the file this instance was read from
+    type: str = setting(_type, "POSTGRES")
+    configfile: str | None = setting(_abs_path, None)
+    start_script: str | None = setting(_script, None)
+    stop_script: str | None = setting(_script, None)
+    monitor_script: str | None = setting(_script, None)
+    bin_dir: str | None = setting(_dir, None)
+    port: int | None = setting(_int_in(1, 65535), None)
+    host: str | None = setting(_str, None)
+    user: str | None = setting(_str, None)
+    log_file: str | None = setting(_abs_path, None)
+    start_timeout: float = setting(_duration, 60.0)
+    stop_timeout: float = setting(_duration, 30.0)
+    monitor_timeout: float = setting(_duration, 5.0)
+    max_restart: int = setting(_int_in(0, 1000), 3)
+    restart_window: float = setting(_duration, 900.0)
+    restart_delay: float = setting(parse_duration, 5.0)
+    critical: bool = setting(_bool, False)
+    scripts_run_as: str = setting(
+        _one_of(*SCRIPTS_RUN_AS), "owner"
+    )  # owner: the instance's OS user; invoker: whoever runs pgmedic (VM agent style)
+
+    @property
+    def script_user(self) -> str:
+        """The OS user start/stop/monitor scripts run as (and who besides root may own them)."""
+        if self.scripts_run_as == "invoker":
+            return pwd.getpwuid(os.geteuid()).pw_name
+        return self.instancename
+
+    def scripts(self) -> dict[str, str]:
+        """The configured scripts by attribute name."""
+        named = {"start_script": self.start_script, "stop_script": self.stop_script}
+        named["monitor_script"] = self.monitor_script
+        return {key: path for key, path in named.items() if path}
+
+    @property
+    def role(self) -> str:
+        """The database role pgmedic connects as: ``user`` or else the owner's name (initdb's superuser)."""
+        return self.user or self.instancename
+
+    def attributes(self) -> dict[str, Any]:
+        """The attributes as written in a config file (defaults and derived fields left out)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if "check" not in f.metadata or (f.name == "data_directory" and self.configfile):
+                continue
+            value = getattr(self, f.name)
+            if value is not None and (f.name in ("type", "instancename", "database") or value != f.default):
+                out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    listen: str = setting(_listen, "127.0.0.1:9188")
+    default_scrape_timeout: float = setting(
+        _duration, 10.0
+    )  # when Prometheus sends no X-Prometheus-Scrape-Timeout-Seconds
+    timeout_margin: float = setting(parse_duration, 0.25)
+
+
+@dataclass(frozen=True)
+class RemediatorConfig:
+    listen: str = setting(_listen, "127.0.0.1:9189")
+    token_file: str | None = setting(_abs_path, None)
+    state_dir: str = setting(_abs_path, "/var/lib/pgmedic")
+    actions: dict[str, str] = setting(_actions, factory=dict)  # noqa: RUF009 (a field): alertname -> action
+    retention: float = setting(_duration, 30 * 86400.0)  # journal history kept; unfinished work is never pruned
+    state_group: str | None = setting(
+        _group, None
+    )  # a group that may read the journal and audit log (files 0640, else 0600)
+    # After a recovery, how long the remediator watches the postmaster itself, until the alert resolves:
+    # a crash before Prometheus has seen the instance up raises no new alert.
+    recovery_watch: float = setting(parse_duration, 120.0)
+
+
+@dataclass(frozen=True)
+class KsysConfig:
+    command: tuple[str, ...] | None = setting(_argv, None)
+    webhook: str | None = setting(_url, None)
+    timeout: float = setting(_duration, 10.0)
+    run_as: str | None = setting(
+        _user, None
+    )  # the user the command runs as; default: nobody when root, else pgmedic's own user
+
+    @property
+    def command_user(self) -> str:
+        """Who runs the KSYS command: least privilege, since it only needs the event on stdin."""
+        if self.run_as:
+            return self.run_as
+        return "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+
+    @property
+    def notifiers(self) -> tuple[str, ...]:
+        """The configured notifier kinds, in delivery order."""
+        return tuple(name for name, on in (("command", self.command), ("webhook", self.webhook)) if on)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    instances: dict[str, InstanceConfig]
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    remediator: RemediatorConfig = field(default_factory=RemediatorConfig)
+    ksys: KsysConfig = field(default_factory=KsysConfig)
+    audit_log: str | None = None
+
+    @property
+    def instances_dir(self) -> Path:
+        return Path(self.path).parent / INSTANCES_DIR
+
+    @property
+    def audit_log_path(self) -> str:
+        return self.audit_log or os.path.join(self.remediator.state_dir, "audit.log")
+
+    def instance(self, name: str) -> InstanceConfig:
+        try:
+            return self.instances[name]
+        except KeyError:
+            known = ", ".join(sorted(self.instances)) or "none configured"
+            raise ConfigError(self.path, f"instances.{name}", f"no such instance (known: {known})") from None
+
+
+INSTANCE_KEYS = checks(InstanceConfig)
+EXPORTER_KEYS = checks(ExporterConfig)
+REMEDIATOR_KEYS = checks(RemediatorConfig)
+KSYS_KEYS = checks(KsysConfig)
 TOP_KEYS = ("instances", "exporter", "remediator", "ksys", "audit_log")
+
+
+def config_path(explicit: str | None = None) -> str:
+    """The config file to use: --config, else $PGMEDIC_CONFIG, else /etc/pgmedic/pgmedic.yaml."""
+    return explicit or os.environ.get("PGMEDIC_CONFIG") or DEFAULT_CONFIG
 
 
 def _check_section(raw: Any, schema: dict[str, Any], source: str, prefix: str) -> dict[str, Any]:
@@ -408,14 +399,14 @@ class _StrictLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:  # type: ignore[override]
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
             raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in pgmedic files", mark)
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
-                mark = self.peek_event().start_mark
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
             return super().compose_node(parent, index)  # type: ignore[arg-type]
         finally:

@@ -14,7 +14,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import pq
@@ -49,7 +49,7 @@ _REFUSAL_WORDS = {
 }
 
 
-def connect_kwargs(cfg: InstanceConfig, pid_file: PidFile | None, timeout: float) -> dict[str, object]:
+def connect_kwargs(cfg: InstanceConfig, pid_file: PidFile | None, timeout: float) -> dict[str, Any]:
     """libpq parameters for a probe: where the running postmaster says it listens, else the config."""
     host = cfg.host
     if host is None and pid_file is not None:

@@ -136,7 +136,8 @@ def reload_service(service: RunningService, reason: str) -> tuple[bool, str]:
             if before and now.get("generation") == before.get("generation"):
                 time.sleep(0.05)  # read while the reload was being recorded: look again
                 continue
-            instances = [str(name) for name in now.get("instances") or []]  # type: ignore[union-attr]
+            listed = now.get("instances")
+            instances = [str(name) for name in listed] if isinstance(listed, list) else []
             return True, f"{who}: reloaded, {len(instances)} instance(s): {', '.join(instances) or '-'}"
         time.sleep(0.1)
     reachable = "" if before else " (its status API did not answer before either)"

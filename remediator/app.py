@@ -90,9 +90,9 @@ def create_app(config: Config, *, start_background: bool = True) -> Flask:
     engine = Engine(config, journal, metrics)
     metrics.add_state_collector(engine.snapshot)
     secret = read_secret(config.remediator.token_file) if config.remediator.token_file else None
-    status = ConfigStatus(config)
-    metrics.add_config_collector(status)
-    rem = Remediator(status, journal, engine, Deliverer(journal, config.ksys, metrics), metrics, secret)
+    config_status = ConfigStatus(config)
+    metrics.add_config_collector(config_status)
+    rem = Remediator(config_status, journal, engine, Deliverer(journal, config.ksys, metrics), metrics, secret)
 
     app = Flask("pgmedic.remediator")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY

@@ -17,10 +17,12 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pgmedic import actions
+from pgmedic.actions import ActionResult
 from pgmedic.config import Config, InstanceConfig
 from pgmedic.instance import Instance, Probe, Verdict
 from pgmedic.journal import EpisodeOpened, Journal
@@ -35,6 +37,11 @@ from .payload import Alert
 log = logging.getLogger(__name__)
 POLL = 0.1  # seconds between probes while waiting for an instance to accept connections
 IDLE_WAKE = 5.0  # a worker looks for unfinished work at least this often
+
+
+def perform(instance: Instance, action: str, reason: str) -> ActionResult:
+    """The real actions: start, or restart (stop with escalation, then start)."""
+    return actions.restart(instance, reason) if action == "restart" else actions.start(instance)
 
 
 class Decision(enum.Enum):
@@ -100,10 +107,21 @@ class Watch:
 
 
 class Engine:
-    def __init__(self, config: Config, journal: Journal, metrics: RemediatorMetrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        journal: Journal,
+        metrics: RemediatorMetrics,
+        instance_for: Callable[[InstanceConfig], Instance] = Instance,
+        run_action: Callable[[Instance, str, str], ActionResult] | None = None,
+    ) -> None:
+        """INSTANCE_FOR and RUN_ACTION default to the real instance model and actions; the fast tests
+        give a scripted instance and action instead, to drive budget, backoff and dedupe in-process."""
         self.config = config
         self.journal = journal
         self.metrics = metrics
+        self.instance_for = instance_for
+        self.run_action = run_action or perform
         self.notifiers = config.ksys.notifiers
         self._stop = threading.Event()
         self._wake = {name: threading.Event() for name in config.instances}
@@ -203,7 +221,7 @@ class Engine:
                     detail["pg_instance"] = name  # kept as data, never used to act
                 if result in (Decision.ACCEPTED, Decision.DUPLICATE, Decision.RECHECK):
                     detail["episode"] = alert.episode
-                batch.add_event(known, "notification", **detail)
+                batch.add_event(known, "notification", (), **detail)
                 decisions.append(
                     {"pg_instance": name, "alertname": alert.alertname, "result": result.value, "reason": reason}
                 )
@@ -247,7 +265,7 @@ class Engine:
         if watched is None:
             self._wake[name].wait(IDLE_WAKE)
             return
-        instance = Instance(self.config.instance(name))
+        instance = self.instance_for(self.config.instance(name))
         while not self._wake[name].wait(POLL):
             if self._watch.get(name) is not watched:  # the alert resolved
                 return
@@ -291,7 +309,7 @@ class Engine:
         once, within the same episode and budget.
         """
         name, key = cfg.name, episode["key"]
-        instance = Instance(cfg)
+        instance = self.instance_for(cfg)
         attempts = self.journal.restarts_in_episode(name, key, since=episode.get("reopened_at") or 0.0)
         reopened = bool(episode.get("reopened_at")) and not attempts
         while not self._stop.is_set():
@@ -349,10 +367,7 @@ class Engine:
         )  # fmt: skip
         before = instance.pid_file()
         with on_spawn(lambda pgid: self.journal.record_action_pgid(key, pgid)):
-            if action == "restart":
-                result = actions.restart(instance, f"episode {key}: {state}")
-            else:
-                result = actions.start(instance)
+            result = self.run_action(instance, action, f"episode {key}: {state}")
         self.journal.record_action_pgid(key, None)
         self.metrics.action_duration.labels(action).observe(result.duration)
         self.metrics.actions.labels(name, action, "ok" if result.ok else "failed").inc()

@@ -10,6 +10,18 @@ import pytest
 
 from pgmedic.demo.sandbox import Cluster, make_temp_dir, make_template, make_trusted_dir, new_cluster
 
+SLOW_FIXTURES = {"pg_template", "make_cluster", "cluster", "services", "trusted_dir"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Layers by what a test uses: e2e (tests/e2e: Prometheus, Alertmanager), cluster (initdb or started
+    processes), the rest fast. `make test-fast` runs `-m "not cluster and not e2e"`."""
+    for item in items:
+        if "/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.e2e)
+        elif SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
 
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[Path]:

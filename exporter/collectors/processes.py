@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 from pgmedic.titles import COMMON_BACKEND_TYPES
 
@@ -19,12 +20,13 @@ def collect(ctx: ScrapeContext, out: MetricSet) -> None:
     walked = ctx.tracker.walk(ctx.postmaster.pid if ctx.postmaster else None)
     procs = ctx.processes = ctx.tracker.disown(walked, ctx.own_backend())
     # One pass over every process (a thousand backends is the hot path): per type, count, memory, CPU.
-    per_type: dict[str, list] = {}
+    per_type: dict[str, list[Any]] = {}
     largest = 0
     for p in procs:
-        row = per_type.get(p.backend_type)
+        kind = p.backend_type or "unknown"
+        row = per_type.get(kind)
         if row is None:
-            row = per_type[p.backend_type] = [0, 0, 0, 0, 0.0, 0.0]
+            row = per_type[kind] = [0, 0, 0, 0, 0.0, 0.0]
         row[0] += 1
         row[1] += p.anon
         row[2] += p.shared

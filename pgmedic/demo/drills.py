@@ -149,7 +149,7 @@ def timeline(stack: Stack, t0: float, alertname: str = "PostgresPostmasterDown")
     def first_event(kind: str, **match: str) -> float | None:
         for e in stack.events():
             if e["kind"] == kind and e["ts"] >= t0 and all(e.get(k) == v for k, v in match.items()):
-                return e["ts"] - t0
+                return float(e["ts"]) - t0
         return None
 
     return [

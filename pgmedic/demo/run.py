@@ -19,10 +19,10 @@ from ..instance import Instance
 from ..reaper import become_subreaper, start_reaper
 from .drills import DRILLS, format_timeline, run_drill, timeline
 from .sandbox import http
-from .stack import build_stack
+from .stack import Stack, build_stack
 
 
-def status_line(stack, instance: Instance) -> str:
+def status_line(stack: Stack, instance: Instance) -> str:
     probe = instance.probe(timeout=1.0)
     try:
         firing = sorted({a["alertname"] for a in stack.query('ALERTS{alertstate="firing"}') for a in [a["metric"]]})

@@ -87,7 +87,7 @@ def make_trusted_dir(prefix: str) -> Path:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def make_temp_dir(prefix: str) -> Path:
@@ -343,7 +343,9 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-def http(method: str, url: str, body: bytes | dict | None = None, token: str | None = None, timeout: float = 30):
+def http(
+    method: str, url: str, body: bytes | dict[str, Any] | None = None, token: str | None = None, timeout: float = 30
+) -> tuple[int, Any]:
     """(status, parsed JSON or text) of one HTTP request; errors are returned, not raised."""
     data = json.dumps(body).encode() if isinstance(body, dict) else body
     request = urllib.request.Request(url, data=data, method=method)

@@ -67,7 +67,8 @@ class Stack:
         status, body = http("GET", self.url("prometheus") + "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
         if status != 200 or body.get("status") != "success":
             raise RuntimeError(f"query {expr!r} failed: {status} {body}")
-        return body["data"]["result"]
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
 
     def samples(self, expr: str, minutes: int = 10) -> list[tuple[float, float]]:
         """Raw samples of one series selector over the last minutes, oldest first."""
@@ -108,7 +109,9 @@ class Stack:
         """Start a killed or stopped service again with the same command line, port and data."""
         old = self.services[name]
         port = int(old.url.rsplit(":", 1)[1])
-        self.services[name] = start_service(name, [str(a) for a in old.proc.args], self.root, port)
+        argv = old.proc.args
+        assert isinstance(argv, list)
+        self.services[name] = start_service(name, [str(a) for a in argv], self.root, port)
 
     def close(self) -> None:
         for service in reversed(list(self.services.values())):
@@ -127,7 +130,7 @@ def _alertmanager_config(
     EXTRA_RECEIVERS ({pg_instance: webhook URL}) sends one instance's alerts elsewhere, ahead of the
     shipped routes: bench/mttr.py's naive chain shares the pipeline and differs only in the receiver.
     """
-    doc = yaml.safe_load(shipped.read_text())
+    doc: dict[str, Any] = yaml.safe_load(shipped.read_text())
     for receiver in doc.get("receivers", []):
         for hook in receiver.get("webhook_configs", []):
             hook["url"] = webhook
@@ -158,7 +161,7 @@ def _prometheus_config(
     shipped: Path, rules: Path, exporter: int, remediator: int, alertmanagers: list[int]
 ) -> dict[str, Any]:
     """The shipped Prometheus config with the targets, the Alertmanagers and the rule path filled in."""
-    doc = yaml.safe_load(shipped.read_text())
+    doc: dict[str, Any] = yaml.safe_load(shipped.read_text())
     doc["rule_files"] = [str(rules)]
     doc["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [f"127.0.0.1:{p}" for p in alertmanagers]}]}]
     ports = {"pgmedic-exporter": exporter, "pgmedic-remediator": remediator}
@@ -194,7 +197,6 @@ def build_stack(
     stack = None
     try:
         template = make_template(root / "template-base")
-        clusters: dict[str, Cluster] = {}
         for cluster_name in (name, *(extra_instances or {})):
             cluster = clusters[cluster_name] = new_cluster(template, cluster_name)
             cluster.extra.update({**INSTANCE_DEFAULTS, **(instance or {})})
