@@ -7,6 +7,8 @@ Three chains in the same run, drills interleaved round by round so machine noise
            (shipped routing) -> pgmedic remediator (probe, budget, journal) -> start as owner;
 * naive    the same Prometheus and Alertmanager, but the webhook is a trivial HTTP handler that only
            runs `pg_ctl start` (no checks, no journal, no dedupe);
+* fast     the shipped chain with the remediator's fast path on for this instance (pidfd watch);
+* monit    a local supervisor polling every 1 s (monit's shortest practical cycle) and running `pg_ctl start`;
 * floor    a local supervisor polling the postmaster every 100 ms and running `pg_ctl start`.
 
 Recovery = the first successful SQL connection after the kill, seen by this script polling every
@@ -121,15 +123,17 @@ class NaiveWebhook:
 
 
 class Supervisor:
-    """The floor: poll every 100 ms; when the postmaster is gone (or a zombie), pg_ctl start."""
+    """The floor (and monit-like polling): poll every INTERVAL; when the postmaster is gone (or a
+    zombie), pg_ctl start."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, interval: float = 0.1) -> None:
         self.cluster = cluster
+        self.interval = interval
         self.stop = threading.Event()
         threading.Thread(target=self._loop, daemon=True).start()
 
     def _loop(self) -> None:
-        while not self.stop.wait(0.1):
+        while not self.stop.wait(self.interval):
             with contextlib.suppress(Exception):
                 stat = procfs.read_stat(self.cluster.postmaster_pid())
                 if stat is None or stat.is_zombie:
@@ -157,22 +161,29 @@ def main() -> int:
     )
     stacks: list[Stack] = []
     base = make_temp_dir("pgmedic-mttr-")
-    floor_cluster = None
+    floor_cluster = monit_cluster = None
     naive_hook = None
-    supervisor = None
+    supervisor = monit = None
     try:
         # One pipeline for both Alertmanager chains: the same exporter, Prometheus and Alertmanager,
         # so detection (scrape and evaluation phase) is alike; only the receiver differs.
         naive_hook = NaiveWebhook()
         ours = build_stack(
-            "mttr", instance=BENCH_INSTANCE, prometheus_overrides=overrides, extra_instances={"naive": naive_hook.url}
-        )
+            "mttr", instance=BENCH_INSTANCE, prometheus_overrides=overrides, extra_instances={"naive": naive_hook.url},
+            more_instances={"fast": {"fast_path": True}},
+        )  # fmt: skip
         stacks.append(ours)
         naive_cluster = ours.clusters["naive"]
         naive_hook.cluster = naive_cluster
-        floor_cluster = new_cluster(make_template(base), "floor")
+        template = make_template(base)
+        floor_cluster = new_cluster(template, "floor")
         supervisor = Supervisor(floor_cluster)
-        chains = {"pgmedic": ours.cluster, "naive": naive_cluster, "floor": floor_cluster}
+        monit_cluster = new_cluster(template, "monit")
+        monit = Supervisor(monit_cluster, interval=1.0)
+        chains = {
+            "pgmedic": ours.cluster, "fast": ours.clusters["fast"], "naive": naive_cluster,
+            "monit": monit_cluster, "floor": floor_cluster,
+        }  # fmt: skip
         if args.scenario in ("crash-loop", "both"):
             loops: dict[str, list[float]] = {name: [] for name in chains}
             for i in range(args.drills):
@@ -189,7 +200,7 @@ def main() -> int:
             if args.scenario == "crash-loop":
                 return 0
             print()
-        results: dict[str, list[float]] = {"pgmedic": [], "naive": [], "floor": []}
+        results: dict[str, list[float]] = {name: [] for name in chains}
         handling: dict[str, list[float]] = {"pgmedic": [], "naive": []}  # webhook received -> accepting
         stages: list[list[tuple[str, float | None]]] = []
         for i in range(args.drills):
@@ -206,7 +217,8 @@ def main() -> int:
             received = [r - t0 for r in naive_hook.received if r >= t0]
             if received and ttr != float("inf"):
                 handling["naive"].append(ttr - received[0])
-            results["floor"].append(kill_and_time(floor_cluster)[1])
+            for name in ("fast", "monit", "floor"):
+                results[name].append(kill_and_time(chains[name])[1])
             print(
                 f"drill {i + 1}/{args.drills}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in results.items()),
                 flush=True,
@@ -222,6 +234,7 @@ def main() -> int:
         med = {name: summary(v)[0] for name, v in results.items()}
         print(
             f"\nratio pgmedic/naive: {med['pgmedic'] / med['naive']:.2f}   pgmedic/floor: {med['pgmedic'] / med['floor']:.2f}"
+            f"   fast/floor: {med['fast'] / med['floor']:.2f}   fast/monit: {med['fast'] / med['monit']:.2f}"
         )
         if handling["pgmedic"] and handling["naive"]:
             extra = statistics.median(handling["pgmedic"]) - statistics.median(handling["naive"])
@@ -235,12 +248,15 @@ def main() -> int:
     finally:
         if supervisor:
             supervisor.stop.set()
+        if monit:
+            monit.stop.set()
         if naive_hook:
             naive_hook.close()
         for stack in stacks:
             stack.close()
-        if floor_cluster:
-            floor_cluster.destroy()
+        for made in (floor_cluster, monit_cluster):
+            if made:
+                made.destroy()
         stop_reaper.set()
         shutil.rmtree(base, ignore_errors=True)
 

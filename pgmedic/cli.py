@@ -19,7 +19,7 @@ import os
 import pwd
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from .deployment import deployment_problems
 from .errors import ConfigError, PgmedicError
 from .instance import Instance
 from .journal import open_journal
+from .locks import instance_lock
 from .services import reload_service, running_services
 from .signals import SIGNAL_STEP
 from .store import audit, write_instance_file
@@ -37,6 +38,7 @@ from .text import control_character, shown
 CLASSES = ("instance", "app", "application")
 EXIT_USAGE = 2
 EXIT_FAILED = 5
+ACTION_LOCK_WAIT = 10.0  # seconds a CLI start/stop waits for a remediation in progress
 
 
 class UsageError(PgmedicError):
@@ -96,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the whole chain on a throwaway cluster: a drill and its incident timeline")
     s.add_argument("--drill", default="kill9", help="kill9 (default), sigstop, worker, exhaust, exporter")
     s.add_argument("--once", action="store_true", help="exit after the drill: 0 only if the outcome was seen")
+    s.add_argument("--fast-path", action="store_true", help="with the remediator's fast path on (README)")
     return p
 
 
@@ -272,15 +275,35 @@ def cmd_action(config: Config, args: argparse.Namespace, argv: Sequence[str]) ->
             return EXIT_FAILED
         print(f"{instance.name}: {result.message}")
         return result.exit_code
-    if args.command == "start":
-        result = actions.start(instance)
-    else:
-        result = actions.stop(instance, f"pgmedic stop by {invoking_user()}")
+    with _action_lock(config, instance.name) as held:
+        if not held:
+            print(f"{instance.name}: {args.command}: refused: the remediator is acting on it; try again shortly")
+            return 1
+        if args.command == "start":
+            result = actions.start(instance)
+        else:
+            result = actions.stop(instance, f"pgmedic stop by {invoking_user()}")
     for step in result.steps:
         if not step.startswith(SIGNAL_STEP):  # those were logged as they were sent
             logging.info("%s", step)
     print(f"{instance.name}: {args.command}: {result.message} ({result.duration:.1f}s)")
     return result.exit_code
+
+
+@contextlib.contextmanager
+def _action_lock(config: Config, name: str) -> Iterator[bool]:
+    """The instance's lock for a start or stop (waits up to ACTION_LOCK_WAIT for the remediator).
+
+    Without access to the state directory (pgmedic run as the owner, say) the action goes ahead
+    unlocked: PostgreSQL's own lock file still refuses a second postmaster.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            held = stack.enter_context(instance_lock(config.remediator.state_dir, name, timeout=ACTION_LOCK_WAIT))
+        except (OSError, PgmedicError) as exc:
+            logging.info("acting without the instance lock (%s)", exc)
+            held = True
+        yield held
 
 
 def cmd_exporter(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -308,7 +331,7 @@ def cmd_assets(config: Config, args: argparse.Namespace, argv: Sequence[str]) ->
 def cmd_demo(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .demo.run import run_demo
 
-    return run_demo(args.drill, args.once)
+    return run_demo(args.drill, args.once, args.fast_path)
 
 
 COMMANDS = {

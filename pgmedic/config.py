@@ -234,9 +234,10 @@ class InstanceConfig:
     restart_window: float = setting(_duration, 900.0)
     restart_delay: float = setting(parse_duration, 5.0)
     critical: bool = setting(_bool, False)
-    scripts_run_as: str = setting(
-        _one_of(*SCRIPTS_RUN_AS), "owner"
-    )  # owner: the instance's OS user; invoker: whoever runs pgmedic (VM agent style)
+    # owner: the instance's OS user; invoker: whoever runs pgmedic (the VM agent's way), root included.
+    scripts_run_as: str = setting(_one_of(*SCRIPTS_RUN_AS), "owner")
+    # The remediator's fast path for this instance: None follows remediator.fast_path.
+    fast_path: bool | None = setting(_bool, None)
 
     @property
     def script_user(self) -> str:
@@ -244,6 +245,10 @@ class InstanceConfig:
         if self.scripts_run_as == "invoker":
             return pwd.getpwuid(os.geteuid()).pw_name
         return self.instancename
+
+    def fast_path_on(self, remediator: RemediatorConfig) -> bool:
+        """Whether the remediator's fast path watches this instance (its own setting, else the global one)."""
+        return remediator.fast_path if self.fast_path is None else self.fast_path
 
     def scripts(self) -> dict[str, str]:
         """The configured scripts by attribute name."""
@@ -290,6 +295,10 @@ class RemediatorConfig:
     # After a recovery, how long the remediator watches the postmaster itself, until the alert resolves:
     # a crash before Prometheus has seen the instance up raises no new alert.
     recovery_watch: float = setting(parse_duration, 120.0)
+    # Watch each postmaster through a pidfd and restart a crashed one at once (opt-in; README, fast path).
+    fast_path: bool = setting(_bool, False)
+    # Alertmanager to ask, before a fast-path start, whether a silence covers the instance (maintenance).
+    alertmanager_url: str | None = setting(_url, None)
 
 
 @dataclass(frozen=True)

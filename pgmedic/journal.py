@@ -27,6 +27,7 @@ from .store import make_private, open_private
 from .trust import private_dir_problem
 
 JOURNAL_FILE = "journal.sqlite"
+FAST_PATH = "fast_path"  # the alertname of episodes the fast path opened (no alert behind them)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -187,6 +188,15 @@ class Journal:
         self._query("SELECT 1")
 
     # ---- episodes -------------------------------------------------------------------------------
+    def fast_path_episode(self, instance: str, detected_from: float, detected_to: float) -> str | None:
+        """The latest fast-path episode of INSTANCE detected within [DETECTED_FROM, DETECTED_TO], if any."""
+        rows = self._query(
+            "SELECT key FROM episodes WHERE instance = ? AND alertname = ? AND received_at BETWEEN ? AND ? "
+            "ORDER BY received_at DESC LIMIT 1",
+            (instance, FAST_PATH, detected_from, detected_to),
+        )
+        return str(rows[0]["key"]) if rows else None
+
     def last_episode(self, instance: str) -> dict[str, Any] | None:
         """The instance's most recently updated episode (key, action, status, result, updated_at)."""
         rows = self._query(

@@ -25,18 +25,21 @@ from pgmedic import actions
 from pgmedic.actions import ActionResult
 from pgmedic.config import Config, InstanceConfig
 from pgmedic.instance import Instance, Probe, Verdict
-from pgmedic.journal import EpisodeOpened, Journal
+from pgmedic.journal import FAST_PATH, EpisodeOpened, Journal
+from pgmedic.locks import instance_lock
 from pgmedic.runner import group_alive, on_spawn
 from pgmedic.states import Reason, State
 from pgmedic.text import shown
 
-from .locks import instance_lock
+from .fastpath import FastPath
 from .metrics import RemediatorMetrics
 from .payload import Alert
 
 log = logging.getLogger(__name__)
 POLL = 0.1  # seconds between probes while waiting for an instance to accept connections
 IDLE_WAKE = 5.0  # a worker looks for unfinished work at least this often
+FAST_PATH_ALERT = "PostgresPostmasterDown"  # the alert that follows a crash the fast path saw
+FAST_PATH_ALERT_LAG = 120.0  # how long after a crash its alert may start (scrape + evaluation intervals)
 
 
 def perform(instance: Instance, action: str, reason: str) -> ActionResult:
@@ -127,6 +130,7 @@ class Engine:
         self._wake = {name: threading.Event() for name in config.instances}
         self._acting: set[str] = set()
         self._watch: dict[str, Watch] = {}  # instance -> its watch after the last recovery
+        self.fast_path = FastPath(self)
         self._workers: dict[str, threading.Thread] = {}
         self._workers_lock = threading.Lock()
         self._started = threading.Event()
@@ -137,6 +141,7 @@ class Engine:
         self._started.set()
         for name in self.config.instances:
             self._start_worker(name)
+        self.fast_path.start()
 
     def reconfigure(self, config: Config) -> None:
         """Put CONFIG in force: workers start for added instances and end, once idle, for removed ones.
@@ -154,6 +159,7 @@ class Engine:
         if self._started.is_set():
             for name in added:
                 self._start_worker(name)
+            self.fast_path.poke()
 
     def _start_worker(self, name: str) -> None:
         """One worker per instance: a removed instance's worker that has not ended yet serves it again."""
@@ -175,10 +181,29 @@ class Engine:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self.fast_path.stop(timeout)
         for event in self._wake.values():
             event.set()
         for thread in list(self._workers.values()):
             thread.join(timeout)
+
+    @property
+    def acting(self) -> frozenset[str]:
+        """Instances a worker is acting on right now."""
+        return frozenset(self._acting)
+
+    def open_crash_episode(self, name: str, pid: int, start_ticks: int, detected: float, note: str | None) -> None:
+        """The fast path saw NAME's postmaster PID crash: an episode for the worker, like an alert's."""
+        key = f"{FAST_PATH}:{pid}:{start_ticks}"
+        with self.journal.batch() as batch:
+            opened = batch.open_episode(key, name, FAST_PATH, "start", detected)
+            detail: dict[str, Any] = {"episode": key, "pid": pid, "source": FAST_PATH}
+            detail["detection_seconds"] = round(time.time() - detected, 6)
+            if note:
+                detail["note"] = note
+            batch.add_event(name, "crash_detected", (), **detail)
+        if opened is EpisodeOpened.NEW:
+            self._wake[name].set()
 
     # ---- decisions (in the request) ---------------------------------------------------------------
     def action_for(self, alert: Alert) -> str:
@@ -194,6 +219,7 @@ class Engine:
             for alert in alerts:
                 name = alert.labels.get("pg_instance")
                 action = self.action_for(alert)
+                episode = alert.episode
                 base = {
                     "alertname": alert.alertname,
                     "alert_status": alert.status,
@@ -211,7 +237,10 @@ class Engine:
                 elif action not in ("restart", "start"):
                     result, reason = Decision.IGNORED, f"action {shown(action)}: nothing to do"
                 else:
-                    opened = batch.open_episode(alert.episode, name, alert.alertname, action, alert.starts_at_epoch)
+                    episode = self._fast_path_episode(name, alert) or alert.episode
+                    if episode != alert.episode:
+                        base["via"] = FAST_PATH  # the crash the fast path already handles
+                    opened = batch.open_episode(episode, name, alert.alertname, action, alert.starts_at_epoch)
                     result, reason = OPENED_DECISION[opened]
                     if result is not Decision.DUPLICATE:
                         wake.add(name)
@@ -220,7 +249,7 @@ class Engine:
                 if name is not None and known is None:
                     detail["pg_instance"] = name  # kept as data, never used to act
                 if result in (Decision.ACCEPTED, Decision.DUPLICATE, Decision.RECHECK):
-                    detail["episode"] = alert.episode
+                    detail["episode"] = episode
                 batch.add_event(known, "notification", (), **detail)
                 decisions.append(
                     {"pg_instance": name, "alertname": alert.alertname, "result": result.value, "reason": reason}
@@ -233,6 +262,16 @@ class Engine:
         for name in wake:
             self._wake[name].set()
         return decisions
+
+    def _fast_path_episode(self, name: str, alert: Alert) -> str | None:
+        """The fast-path episode this crash alert follows: one detected shortly before the alert started
+        (Prometheus sees a crash a scrape and an evaluation after the fast path does)."""
+        if alert.alertname != FAST_PATH_ALERT or alert.starts_at_epoch is None:
+            return None
+        if not self.config.instance(name).fast_path_on(self.config.remediator):
+            return None
+        lag = max(FAST_PATH_ALERT_LAG, self.config.remediator.recovery_watch)
+        return self.journal.fast_path_episode(name, alert.starts_at_epoch - lag, alert.starts_at_epoch + 5.0)
 
     # ---- workers --------------------------------------------------------------------------------
     def _worker(self, name: str) -> None:
@@ -298,7 +337,8 @@ class Engine:
             if outcome is None:  # stopping: the episode stays running and is resumed at the next start
                 return
             self.journal.finish_episode(name, key, outcome.status, outcome.result)
-            if outcome.status is Ended.DONE and self.config.remediator.recovery_watch > 0:
+            fast = cfg.fast_path_on(self.config.remediator)  # the fast path sees a new crash by itself
+            if outcome.status is Ended.DONE and self.config.remediator.recovery_watch > 0 and not fast:
                 self._watch[name] = Watch(name, key, time.monotonic() + self.config.remediator.recovery_watch)
 
     def _remediate(self, cfg: InstanceConfig, episode: dict[str, Any]) -> Outcome | None:
@@ -369,6 +409,7 @@ class Engine:
         with on_spawn(lambda pgid: self.journal.record_action_pgid(key, pgid)):
             result = self.run_action(instance, action, f"episode {key}: {state}")
         self.journal.record_action_pgid(key, None)
+        self.fast_path.poke()  # watch the postmaster this action started
         self.metrics.action_duration.labels(action).observe(result.duration)
         self.metrics.actions.labels(name, action, "ok" if result.ok else "failed").inc()
         kind = "restarted" if result.ok else "restart_failed"
@@ -448,7 +489,8 @@ class Engine:
         since_alert = now - episode["starts_at"] if episode.get("starts_at") else None
         since_receipt = now - episode["received_at"]
         if since_alert is not None:
-            self.metrics.recovery.labels(cfg.name, "alert_start").observe(since_alert)
+            since = FAST_PATH if episode.get("alertname") == FAST_PATH else "alert_start"  # since the crash was seen
+            self.metrics.recovery.labels(cfg.name, since).observe(since_alert)
         self.metrics.recovery.labels(cfg.name, "receipt").observe(since_receipt)
         self.journal.event(
             cfg.name, "recovered", self.notifiers, episode=episode["key"],

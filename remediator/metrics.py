@@ -36,7 +36,8 @@ class RemediatorMetrics:
         )
         self.recovery = Histogram(
             "pgmedic_recovery_seconds",
-            "Time until the instance accepted connections again, since the alert started or since the webhook.",
+            "Time until the instance accepted connections again, since the alert started, since the webhook, "
+            "or (fast_path) since the fast path saw the crash.",
             ["pg_instance", "since"],
             buckets=RECOVERY_BUCKETS,
             registry=self.registry,

@@ -152,8 +152,10 @@ def timeline(stack: Stack, t0: float, alertname: str = "PostgresPostmasterDown")
                 return float(e["ts"]) - t0
         return None
 
+    detected = first_event("crash_detected")
     return [
         ("killed", 0.0),
+        *([("crash detected by the fast path", detected)] if detected is not None else []),
         ("first failing scrape", first_sample(f'pg_postmaster_up{{pg_instance="{inst}"}}', 0.0)),
         ("alert firing", first_sample(f'ALERTS{{alertname="{alertname}",alertstate="firing",pg_instance="{inst}"}}')),
         ("webhook received", first_event("notification", result="accepted")),

@@ -38,7 +38,7 @@ def status_line(stack: Stack, instance: Instance) -> str:
     )
 
 
-def run_demo(drill: str = "kill9", once: bool = False) -> int:
+def run_demo(drill: str = "kill9", once: bool = False, fast_path: bool = False) -> int:
     if drill not in DRILLS:
         print(f"pgmedic demo: unknown drill {drill!r} (known: {', '.join(DRILLS)})", file=sys.stderr)
         return 2
@@ -47,7 +47,7 @@ def run_demo(drill: str = "kill9", once: bool = False) -> int:
         start_reaper(stop, interval=0.05)
     print("pgmedic demo: starting PostgreSQL, exporter, remediator, Prometheus and Alertmanager on 127.0.0.1 …")
     try:
-        stack = build_stack("demo")
+        stack = build_stack("demo", instance={"fast_path": True} if fast_path else None)
     except (RuntimeError, TimeoutError) as exc:  # a missing tool, or a part that never came up
         print(f"pgmedic demo: {exc}", file=sys.stderr)
         return 2

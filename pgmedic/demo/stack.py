@@ -181,13 +181,15 @@ def build_stack(
     webhook: str | None = None,
     prometheus_overrides: dict[str, Any] | None = None,
     extra_instances: dict[str, str] | None = None,
+    more_instances: dict[str, dict[str, Any]] | None = None,
 ) -> Stack:
     """Start the chain; on any failure everything already started is torn down again.
 
     WEBHOOK replaces the remediator as Alertmanager's receiver. EXTRA_INSTANCES ({name: webhook URL})
     adds clusters served by the same exporter, Prometheus and Alertmanager whose alerts go to that
-    URL instead (bench/mttr.py's naive chain). PROMETHEUS_OVERRIDES is merged into the global
-    section (the fast profile).
+    URL instead (bench/mttr.py's naive chain). MORE_INSTANCES ({name: instance attributes}) adds
+    clusters served by the shipped chain with settings of their own (bench/mttr.py's fast-path
+    chain). PROMETHEUS_OVERRIDES is merged into the global section (the fast profile).
     """
     missing = missing_tools()
     if missing:
@@ -197,9 +199,10 @@ def build_stack(
     stack = None
     try:
         template = make_template(root / "template-base")
-        for cluster_name in (name, *(extra_instances or {})):
+        for cluster_name in (name, *(extra_instances or {}), *(more_instances or {})):
             cluster = clusters[cluster_name] = new_cluster(template, cluster_name)
-            cluster.extra.update({**INSTANCE_DEFAULTS, **(instance or {})})
+            own = (more_instances or {}).get(cluster_name, {})
+            cluster.extra.update({**INSTANCE_DEFAULTS, **(instance or {}), **own})
         cluster = clusters[name]
         token = "pgmedic-" + str(time.time_ns())
         token_file = root / "webhook.token"
