@@ -41,29 +41,34 @@ class InstanceScraper:
         self.instance = Instance(cfg)
         self.tracker = ProcessTracker(max_handles)
         self.known: SqlFacts | None = None
-        self._in_flight = threading.Lock()
+        self._visit_lock = threading.Lock()
+        self._visit: tuple[Future[SqlFacts], OwnBackend] | None = None  # the SQL visit in flight, if any
         self.tracker_lock = threading.Lock()
 
     def start_sql(
         self, executor: ThreadPoolExecutor, pid_file: PidFile | None, timeout: float
-    ) -> tuple[Future[SqlFacts], OwnBackend] | None:
-        """Start this scrape's SQL visit, unless the previous one is still running (then None)."""
-        if not self._in_flight.acquire(blocking=False):
-            return None
-        own = OwnBackend()
+    ) -> tuple[Future[SqlFacts], OwnBackend]:
+        """This scrape's SQL visit: the one in flight if there is one (shared), else a new one.
 
-        def visit() -> SqlFacts:
-            try:
-                return sqlview.fetch(self.instance.config, pid_file, timeout, own.connected)
-            finally:
-                own.connected(None)  # wakes a waiter even if fetch ended early
-                self._in_flight.release()
+        Single flight that shares: overlapping scrapes (an HA pair of Prometheus servers scraping
+        milliseconds apart) wait for the same visit and report its answer, so a stuck server never
+        collects more than one connection from the exporter, and a healthy one never reads as down
+        because another scrape was asking at the same moment. Only a visit still unanswered at a
+        scrape's own deadline makes that scrape say pg_up 0.
+        """
+        with self._visit_lock:
+            if self._visit is not None and not self._visit[0].done():
+                return self._visit
+            own = OwnBackend()
 
-        try:
-            return executor.submit(visit), own
-        except RuntimeError:
-            self._in_flight.release()
-            raise
+            def visit() -> SqlFacts:
+                try:
+                    return sqlview.fetch(self.instance.config, pid_file, timeout, own.connected)
+                finally:
+                    own.connected(None)  # wakes a waiter even if fetch ended early
+
+            self._visit = (executor.submit(visit), own)
+            return self._visit
 
 
 class OwnBackend:
@@ -111,15 +116,14 @@ class Exporter:
             identity = scraper.instance.identify(pid_file)
             postmaster = identity.postmaster
             visit = None
-            reason = "the postmaster is not running"
+
             if postmaster is not None:
                 visit = scraper.start_sql(self.executor, pid_file, deadline - time.monotonic())
-                reason = "the previous scrape's SQL visit is still waiting for an answer"
-            plans.append((scraper, pid_file, identity, visit, reason))
+            plans.append((scraper, pid_file, identity, visit))
         # The OS view runs while the SQL visits connect and query: their waits overlap. The processes
         # collector asks for the exporter's own backend only after its walk, to leave it out.
         contexts = []
-        for scraper, pid_file, identity, visit, reason in plans:
+        for scraper, pid_file, identity, visit in plans:
             future, own = visit if visit is not None else (None, None)
             ctx = ScrapeContext(
                 scraper.instance, scraper.tracker, pid_file, identity.postmaster, PENDING, scraper.known
@@ -131,9 +135,9 @@ class Exporter:
             with scraper.tracker_lock:  # two concurrent scrapes must not interleave CPU accounting
                 for collector in OS_COLLECTORS:
                     self._run(collector, ctx, out)
-            contexts.append((scraper, ctx, future, reason))
-        for scraper, ctx, future, reason in contexts:
-            ctx.sql = self._await(future, deadline, reason)
+            contexts.append((scraper, ctx, future))
+        for scraper, ctx, future in contexts:
+            ctx.sql = self._await(future, deadline)
             if ctx.sql.up and "settings" not in ctx.sql.errors:
                 scraper.known = ctx.known = ctx.sql
             for collector in SQL_COLLECTORS:
@@ -141,9 +145,9 @@ class Exporter:
         return out
 
     @staticmethod
-    def _await(future: Future[SqlFacts] | None, deadline: float, reason: str) -> SqlFacts:
+    def _await(future: Future[SqlFacts] | None, deadline: float) -> SqlFacts:
         if future is None:
-            return SqlFacts(errors={"connection": reason})
+            return SqlFacts(errors={"connection": "the postmaster is not running"})
         try:
             return future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
@@ -166,7 +170,7 @@ class Exporter:
 
     def close(self, keep: list[InstanceScraper] | None = None) -> None:
         """Stop taking SQL visits (those in flight finish) and close the trackers not in KEEP."""
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor.shutdown(wait=False)  # visits already queued still run: a kept scraper may share one
         for scraper in self.scrapers:
             if keep is None or scraper not in keep:
                 with scraper.tracker_lock:

@@ -20,6 +20,7 @@ from prometheus_client.exposition import choose_encoder
 
 from pgmedic import __version__
 from pgmedic.config import Config, listen_address
+from pgmedic.httpserver import server_limits
 from pgmedic.reload import ConfigStatus, Reloader, restart_only_changes
 
 from .scraper import Exporter
@@ -68,6 +69,9 @@ def create_app(
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")])
+            return [b"method not allowed: GET or HEAD\n"]
         status, exporter = live.status, live.exporter
         config = status.config
         if path == "/metrics":
@@ -115,8 +119,8 @@ def serve(config: Config, listen: str | None = None) -> int:
             port=port,
             threads=4,
             ident="pgmedic-exporter",
-            asyncore_use_poll=True,
             _quiet=True,
+            **server_limits(max_body=0),  # GET only: no request has a body
         )
     finally:
         stop.set()

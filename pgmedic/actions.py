@@ -50,7 +50,7 @@ def script_env(instance: Instance) -> dict[str, str]:
     """What a user script is told about its instance."""
     cfg = instance.config
     pid_file = instance.pid_file()
-    port = (pid_file.port if pid_file and pid_file.port else None) or cfg.port or 5432
+    port = cfg.port_for(pid_file)
     return {
         **base_env(),
         "PGDATA": instance.data_directory,
@@ -179,17 +179,11 @@ def orphans(instance: Instance) -> list[int]:
     """Live postgres processes whose working directory is this data directory, but no postmaster."""
     if instance.postmaster() is not None:
         return []
-    target = os.path.realpath(instance.data_directory)
     out = []
-    for name in os.listdir(procfs.PROC):
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        cwd = procfs.read_link(pid, "cwd")
-        if cwd and os.path.realpath(cwd) == target:
-            exe = os.path.basename(procfs.read_link(pid, "exe") or "")
-            if exe.startswith(("postgres", "postmaster")):
-                out.append(pid)
+    for pid in procfs.pids_in_directory(instance.data_directory):
+        exe = os.path.basename(procfs.read_link(pid, "exe") or "")
+        if exe.startswith(("postgres", "postmaster")):
+            out.append(pid)
     return out
 
 

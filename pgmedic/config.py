@@ -24,9 +24,11 @@ import yaml
 from .durations import parse_duration
 from .errors import ConfigError
 from .ksysxml import data_directory_from_xml
+from .pidfile import PidFile
 from .text import CONTROL_RE, control_character, shown
 
 DEFAULT_CONFIG = "/etc/pgmedic/pgmedic.yaml"
+DEFAULT_PORT = 5432
 INSTANCES_DIR = "instances.d"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # matched whole (fullmatch): no trailing newline
 MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is a mistake or an attack
@@ -118,31 +120,23 @@ def _one_of(*choices: str) -> Callable[[Any], str]:
     return check
 
 
-def _user(value: Any) -> str:
-    name = _str(value)
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        raise ValueError(f"no OS user named {shown(name)} on this host") from None
-    return name
+def _account(lookup: Callable[[str], object], kind: str, hint: str = "") -> Callable[[Any], str]:
+    """A check that the value names an OS user or group of this host (KIND says which)."""
+
+    def check(value: Any) -> str:
+        name = _str(value)
+        try:
+            lookup(name)
+        except KeyError:
+            raise ValueError(f"no OS {kind} named {shown(name)} on this host{hint}") from None
+        return name
+
+    return check
 
 
-def _group(value: Any) -> str:
-    name = _str(value)
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        raise ValueError(f"no OS group named {shown(name)} on this host") from None
-    return name
-
-
-def _owner(value: Any) -> str:
-    name = _str(value)
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        raise ValueError(f"no OS user named {shown(name)} on this host (the owner of the data directory)") from None
-    return name
+_user = _account(pwd.getpwnam, "user")
+_group = _account(grp.getgrnam, "group")
+_owner = _account(pwd.getpwnam, "user", " (the owner of the data directory)")
 
 
 def _argv(value: Any) -> tuple[str, ...]:
@@ -255,6 +249,10 @@ class InstanceConfig:
         named = {"start_script": self.start_script, "stop_script": self.stop_script}
         named["monitor_script"] = self.monitor_script
         return {key: path for key, path in named.items() if path}
+
+    def port_for(self, pid_file: PidFile | None) -> int:
+        """The port the server listens on: the running postmaster's, else the configured one, else 5432."""
+        return (pid_file.port if pid_file is not None and pid_file.port else None) or self.port or DEFAULT_PORT
 
     @property
     def role(self) -> str:

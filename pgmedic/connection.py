@@ -56,7 +56,7 @@ def connect_kwargs(cfg: InstanceConfig, pid_file: PidFile | None, timeout: float
         host = pid_file.socket_directory or (
             pid_file.listen_address if pid_file.listen_address not in (None, "*", "0.0.0.0", "::") else None
         )
-    port = (pid_file.port if pid_file is not None and pid_file.port else None) or cfg.port or 5432
+    port = cfg.port_for(pid_file)
     ms = max(1, int(timeout * 1000))
     return {
         "host": host or DEFAULT_SOCKET_DIR,

@@ -174,3 +174,14 @@ def owner_uid(pid: int) -> int | None:
         return os.stat(f"{PROC}/{pid}").st_uid
     except OSError:
         return None
+
+
+def pids_in_directory(path: str) -> list[int]:
+    """Every process whose working directory is PATH (realpath): a data directory's postgres processes."""
+    target = os.path.realpath(path)
+    out = []
+    for pid in _all_pids():
+        cwd = read_link(pid, "cwd")
+        if cwd is not None and os.path.realpath(cwd.removesuffix(" (deleted)")) == target:
+            out.append(pid)
+    return out

@@ -9,8 +9,10 @@ may keep inherited descriptors open for its whole life, and a pipe would then ne
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pwd
+import select
 import signal
 import subprocess
 import tempfile
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 from .errors import ActionError
 
+log = logging.getLogger(__name__)
 RUNUSER = "/usr/sbin/runuser"
 _spawned: set[int] = set()  # children run() is waiting for: a subreaper's reaper must leave them alone
 _spawned_lock = threading.Lock()
@@ -157,24 +160,28 @@ def run(
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after a grace period; reap the leader."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-            # The leader is gone; others in the group may linger: finish them too.
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            break
-    if proc.returncode is None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5.0)
+    """SIGTERM the command's process group, then SIGKILL what is left after a grace period.
+
+    The group is the one run() created (start_new_session), and it is signalled only while its
+    leader, our child, is not yet reaped: an unreaped leader keeps the group id from being reused, so
+    the signal cannot reach anybody else's processes. The leader is reaped last.
+    """
+    leader = os.pidfd_open(proc.pid)
+    try:
+        poller = select.poll()
+        poller.register(leader, select.POLLIN)
+        for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
+            log.warning("signal %s to process group %d of %s (timed out)", sig.name, proc.pid, proc.args)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            if poller.poll(wait * 1000):  # the leader exited (a zombie until reaped below)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # what else of the group lingers
+                break
+    finally:
+        os.close(leader)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5.0)
 
 
 def is_spawned(pid: int) -> bool:

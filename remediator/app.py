@@ -100,7 +100,11 @@ def create_app(config: Config, *, start_background: bool = True) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
-        return _error(exc.code or 500, exc.description or exc.name)
+        response, code = _error(exc.code or 500, exc.description or exc.name)
+        for name, value in exc.get_headers():  # Allow on a 405, and the like
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, code
 
     @app.post("/api/v1/alerts")
     def alerts() -> tuple[Response, int]:

@@ -5,9 +5,9 @@ watched instance's verified postmaster (the identity rule) and waits on all of t
 a pidfd becomes readable when its process exits. About once a second, and right after every action
 of the engine, it verifies again, so a postmaster restarted by someone else is followed.
 
-Only crashes count. A clean shutdown (``pg_ctl stop`` in any mode, ``systemctl stop``, pgmedic's own
-stop) removes postmaster.pid before the postmaster exits; a postmaster that died with its pid file
-still naming it was killed or crashed. An exit while the instance's lock is held (the remediator's
+Only crashes count. After a clean shutdown (``pg_ctl stop`` in any mode, ``systemctl stop``, pgmedic's
+own stop) no postmaster.pid is left: PostgreSQL deletes its own before the postmaster exits. A
+postmaster that died with its pid file still naming it was killed or crashed. An exit while the instance's lock is held (the remediator's
 worker, or an administrator's ``pgmedic start|stop``) is someone's action, not a crash. Suspension and,
 with ``remediator.alertmanager_url``, an active Alertmanager silence for the instance are respected.
 

@@ -71,6 +71,11 @@ class _ConfigCollector:
     def __init__(self, status: ConfigStatus) -> None:
         self._status = status
 
+    def describe(self) -> Iterator[Metric]:
+        """Names only: registering must not collect."""
+        yield GaugeMetricFamily("pgmedic_config_last_reload_successful", "")
+        yield GaugeMetricFamily("pgmedic_config_last_reload_success_timestamp_seconds", "")
+
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "pgmedic_config_last_reload_successful",
@@ -87,6 +92,11 @@ class _ConfigCollector:
 class _StateCollector:
     def __init__(self, read: Callable[[], dict[str, tuple[str, int]]]) -> None:
         self._read = read
+
+    def describe(self) -> Iterator[Metric]:
+        """Names only: registering must not read the journal."""
+        yield GaugeMetricFamily("pgmedic_restart_budget_remaining", "")
+        yield GaugeMetricFamily("pgmedic_instance_state", "")
 
     def collect(self) -> Iterator[Metric]:
         states = self._read()

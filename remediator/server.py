@@ -10,6 +10,7 @@ import threading
 from pgmedic.config import Config, listen_address
 from pgmedic.deployment import deployment_problems
 from pgmedic.errors import ConfigError
+from pgmedic.httpserver import server_limits
 from pgmedic.reaper import become_subreaper, start_reaper
 from pgmedic.reload import Reloader
 
@@ -29,6 +30,7 @@ def serve(config: Config, listen: str | None = None) -> int:
     import waitress
 
     from .app import create_app
+    from .payload import MAX_BODY
 
     host, port = listen_address(config.path, "remediator.listen", listen, config.remediator.listen)
     if not config.remediator.token_file and not is_loopback(host):
@@ -43,7 +45,7 @@ def serve(config: Config, listen: str | None = None) -> int:
     app = create_app(config)
     rem = app.extensions["pgmedic"]
     server = waitress.create_server(
-        app, host=host, port=port, threads=8, ident="pgmedic-remediator", asyncore_use_poll=True
+        app, host=host, port=port, threads=8, ident="pgmedic-remediator", **server_limits(MAX_BODY)
     )
 
     def shutdown(signum: int, _frame: object) -> None:

@@ -209,6 +209,34 @@ def test_overlapping_scrapes_do_not_pile_up_connections(cluster: Cluster) -> Non
         exporter.close()
 
 
+def test_two_scrapers_at_the_same_instant_both_see_a_healthy_server_up(cluster: Cluster, exporter_for) -> None:
+    """An HA pair of Prometheus servers: scrapes land together, share one SQL visit, and both say pg_up 1."""
+    service = exporter_for(cluster)
+    barrier = threading.Barrier(2)
+    seen: list[float] = []
+    errors: list[str] = []
+    stop_at = time.monotonic() + 30
+
+    def scraper() -> None:
+        while time.monotonic() < stop_at:
+            try:
+                barrier.wait(timeout=10)
+                samples, _ = scrape(service, timeout_header=1)
+                seen.append(value(samples, "pg_up", pg_instance=cluster.name))
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=scraper) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    assert len(seen) > 100 and seen == [1.0] * len(seen), f"pg_up 0 in {seen.count(0.0)} of {len(seen)} scrapes"
+
+
 def test_clients_filling_max_connections_are_all_counted(cluster: Cluster, exporter_for) -> None:
     cluster.psql("CREATE ROLE app LOGIN")
     service = exporter_for(cluster)

@@ -11,8 +11,6 @@ NAME = "info"
 def collect(ctx: ScrapeContext, out: MetricSet) -> None:
     facts = ctx.facts
     version = (facts.version if facts else None) or str(ctx.instance.major_version() or "unknown")
-    port = (facts.setting("port") if facts else None) or str(
-        (ctx.pid_file.port if ctx.pid_file else None) or ctx.instance.config.port or 5432
-    )
+    port = (facts.setting("port") if facts else None) or str(ctx.instance.config.port_for(ctx.pid_file))
     labels = ctx.with_labels(version=version, data_directory=ctx.instance.data_directory, port=port)
     out.add("pg_instance_info", labels, 1)

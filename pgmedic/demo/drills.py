@@ -7,16 +7,17 @@ evaluation) and the remediator's journal (webhook received, restart started, rec
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psycopg
 
+from .. import procfs
+from ..config import load_config
+from ..instance import Instance
+from ..signals import ProcessHandle, open_handle
 from .sandbox import wait_for
 from .stack import Stack
 
@@ -47,31 +48,50 @@ def recovered_since(stack: Stack, t0: float) -> bool:
     return any(e["kind"] == "recovered" and e["ts"] >= t0 for e in stack.events()) and accepting(stack)
 
 
-def _kill9(stack: Stack) -> int:
-    pid = postmaster_pid(stack)
-    os.kill(pid, signal.SIGKILL)
-    return pid
+def _verified(stack: Stack) -> tuple[ProcessHandle, list[ProcessHandle]]:
+    """Pidfds on the stack's postmaster and children, verified by the identity rule like pgmedic's own."""
+    instance = Instance(load_config(str(stack.config_path)).instance(stack.cluster.name))
+    postmaster = instance.postmaster()
+    handles = postmaster.handles() if postmaster is not None else None
+    if handles is None:
+        raise RuntimeError(f"drill: no verified postmaster of {stack.cluster.data}")
+    return handles
 
 
-def _sigstop(stack: Stack) -> int:
-    pid = postmaster_pid(stack)
-    os.kill(pid, signal.SIGSTOP)
-    return pid
+def _signal(stack: Stack, sig: signal.Signals, backend_type: str = "postmaster") -> tuple[int, int]:
+    """Send SIG to the postmaster (or its child of BACKEND_TYPE); (pid, start ticks) of the target."""
+    own, children = _verified(stack)
+    try:
+        target = own if backend_type == "postmaster" else next(c for c in children if c.role == backend_type)
+        stat = procfs.read_stat(target.pid)
+        target.send(sig, "drill")
+        return target.pid, stat.start_ticks if stat else 0
+    except StopIteration:
+        raise RuntimeError(f"drill: no {backend_type} found") from None
+    finally:
+        for handle in (own, *children):
+            handle.close()
 
 
-def _sigcont(pid: object) -> None:
-    if isinstance(pid, int):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
+def _kill9(stack: Stack) -> tuple[int, int]:
+    return _signal(stack, signal.SIGKILL)
 
 
-def _kill_checkpointer(stack: Stack) -> int:
-    pid = postmaster_pid(stack)
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        if "checkpointer" in Path(f"/proc/{child}/cmdline").read_text(errors="replace"):
-            os.kill(int(child), signal.SIGKILL)
-            return int(child)
-    raise RuntimeError("no checkpointer found")
+def _sigstop(stack: Stack) -> tuple[int, int]:
+    return _signal(stack, signal.SIGSTOP)
+
+
+def _sigcont(stopped: object) -> None:
+    """Let a stopped postmaster go on, if it still is the process that was stopped."""
+    if isinstance(stopped, tuple):
+        handle = open_handle(stopped[0], stopped[1], "postmaster", "drill")
+        if handle is not None:
+            handle.send(signal.SIGCONT, "drill ends")
+            handle.close()
+
+
+def _kill_checkpointer(stack: Stack) -> tuple[int, int]:
+    return _signal(stack, signal.SIGKILL, "checkpointer")
 
 
 def _exhaust(stack: Stack) -> list[psycopg.Connection]:

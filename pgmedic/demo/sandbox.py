@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from .. import procfs
+
 PG_BIN_CANDIDATES = [f"/usr/lib/postgresql/{v}/bin" for v in (17, 16, 15, 14, 13)]
 INSTALL_HINT = "install the PostgreSQL server: apt-get install -y postgresql (or run `make test`, which does it)"
 
@@ -145,15 +147,9 @@ class Cluster:
         }
 
     def write_config(self, extra_top: dict[str, Any] | None = None, **instance_extra: Any) -> Path:
+        """This cluster's own pgmedic config (INSTANCE_EXTRA kept for later writes)."""
         self.extra.update(instance_extra)
-        doc: dict[str, Any] = {
-            "remediator": {"state_dir": str(self.state_dir)},
-            "instances": {self.name: self.instance_attrs()},
-        }
-        for key, value in (extra_top or {}).items():
-            doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
-        self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return self.config_path
+        return write_config(self.config_path, [self], self.state_dir, **(extra_top or {}))
 
     # ---- server --------------------------------------------------------------------------------
     def pg_ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -212,14 +208,7 @@ class Cluster:
 
     def processes(self) -> list[int]:
         """Every process whose working directory is this data directory (postmaster, children, orphans)."""
-        out = []
-        target = os.path.realpath(self.data)
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                with contextlib.suppress(OSError):
-                    if os.path.realpath(os.readlink(f"/proc/{name}/cwd")) == target:
-                        out.append(int(name))
-        return out
+        return procfs.pids_in_directory(str(self.data))
 
     def wait_accepting(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

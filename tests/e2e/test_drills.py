@@ -102,12 +102,14 @@ def _accepting_anew(stack: Stack, old_pid: int) -> bool:
 
 def test_sigstop_restarted_through_stop_escalation(make_stack) -> None:
     stack = make_stack()
-    _t0, handle, ok = run_drill(stack, "sigstop")
+    _t0, stopped, ok = run_drill(stack, "sigstop")
     assert ok, kinds(stack)
+    assert isinstance(stopped, tuple)
+    pid = stopped[0]
     restarted = next(e for e in stack.events() if e["kind"] == "restarted")
     assert restarted["action"] == "restart"
     assert any("SIGKILL of postmaster" in step for step in restarted["steps"]), restarted["steps"]
-    assert not Path(f"/proc/{handle}").exists() or "Z" in Path(f"/proc/{handle}/stat").read_text().split(")")[1][:3]
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
     notified = [e for e in stack.events() if e["kind"] == "notification" and e["result"] == "accepted"]
     assert notified and notified[0]["alertname"] == "PostgresNotResponding"
 
