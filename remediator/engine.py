@@ -26,7 +26,7 @@ from pgmedic.actions import ActionResult
 from pgmedic.config import Config, InstanceConfig
 from pgmedic.instance import Instance, Probe, Verdict
 from pgmedic.journal import FAST_PATH, EpisodeOpened, Journal
-from pgmedic.locks import instance_lock
+from pgmedic.locks import held_elsewhere, instance_lock
 from pgmedic.runner import group_alive, on_spawn
 from pgmedic.states import Reason, State
 from pgmedic.text import shown
@@ -315,7 +315,10 @@ class Engine:
             if identity.verdict in (Verdict.VERIFIED, Verdict.UNVERIFIABLE):
                 continue
             self._watch.pop(name, None)
-            self.journal.reopen_episode(watched.episode, f"the postmaster died again ({identity.reason})")
+            # Only a crash reopens: a clean shutdown leaves no pid file, and an exit during someone's
+            # action (an administrator's `pgmedic stop`, which holds the lock) is not a failure.
+            if identity.verdict is Verdict.STALE and not held_elsewhere(self.config.remediator.state_dir, name):
+                self.journal.reopen_episode(watched.episode, f"the postmaster died again ({identity.reason})")
             return
 
     def _process(self, name: str, key: str) -> None:

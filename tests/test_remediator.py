@@ -455,3 +455,18 @@ def test_a_still_firing_alert_reopens_an_ended_episode_only_when_the_instance_is
     assert rig.cluster.postmaster_pid() != pid
     kinds = Counter(rig.kinds())
     assert kinds["restart_started"] == 2 and kinds["episode_reopened"] == 1, kinds
+
+
+def test_a_clean_stop_after_a_recovery_is_not_undone_by_the_recovery_watch(rig: Rig) -> None:
+    """The watch reopens an episode only for a crash: an administrator's stop right after a recovery stays."""
+    rig.start()
+    kill_postmaster(rig.cluster)
+    assert rig.post(alert_payload("PostgresPostmasterDown", "main"))[0] == 200
+    rig.wait_event("episode_done")
+    rig.cluster.wait_accepting()
+    stopped = pgmedic(None, "stop", "main", config=rig.config)
+    assert stopped.returncode == 0 and "stopped (fast)" in stopped.stdout, stopped.stdout + stopped.stderr
+    time.sleep(1.5)
+    kinds = Counter(rig.kinds())
+    assert kinds["restart_started"] == 1 and kinds["failed_again"] == 0, kinds
+    assert pgmedic(None, "monitor", "main", config=rig.config).returncode == 3
