@@ -165,17 +165,36 @@ class Journal:
         with self._transaction() as db:
             return self.add_event(db, instance, kind, notify, **detail)
 
-    def events(self, since_id: int = 0, instance: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    def events(
+        self, since_id: int = 0, instance: str | None = None, limit: int = 1000, max_bytes: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Events after SINCE_ID, oldest first: at most LIMIT of them, and (with MAX_BYTES) no more detail
+        text than that (the first event always comes, so paging by `id` always moves on)."""
         sql = "SELECT * FROM events WHERE id > ?"
         args: list[Any] = [since_id]
         if instance is not None:
             sql += " AND instance = ?"
             args.append(instance)
-        rows = self._query(sql + " ORDER BY id LIMIT ?", (*args, limit))
-        return [
-            {**json.loads(r["detail"]), "id": r["id"], "ts": r["ts"], "instance": r["instance"], "kind": r["kind"]}
-            for r in rows
-        ]
+        out: list[dict[str, Any]] = []
+        size = 0
+        db = self._connect()
+        try:
+            for r in db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)):
+                size += len(r["detail"])
+                if max_bytes is not None and out and size > max_bytes:
+                    break
+                out.append(
+                    {
+                        **json.loads(r["detail"]),
+                        "id": r["id"],
+                        "ts": r["ts"],
+                        "instance": r["instance"],
+                        "kind": r["kind"],
+                    }
+                )
+        finally:
+            db.close()
+        return out
 
     @contextmanager
     def batch(self) -> Iterator[Batch]:

@@ -26,6 +26,7 @@ from .payload import MAX_BODY, PayloadError, parse_payload
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_INTERVAL = 3600.0
+EVENTS_PAGE_BYTES = 4 << 20  # one page of /api/v1/events: at most this much event detail (and `limit` rows)
 
 
 @dataclass
@@ -156,9 +157,9 @@ def create_app(config: Config, *, start_background: bool = True) -> Flask:
             limit = int(request.args.get("limit", "1000"))
         except ValueError:
             return _error(400, "since and limit must be whole numbers")
-        if since < 0 or not 1 <= limit <= 10000:
-            return _error(400, "since must be >= 0 and limit between 1 and 10000")
-        rows = journal.events(since, request.args.get("instance"), limit)
+        if not 0 <= since < 2**63 or not 1 <= limit <= 10000:
+            return _error(400, "since must be between 0 and 2^63-1 and limit between 1 and 10000")
+        rows = journal.events(since, request.args.get("instance"), limit, max_bytes=EVENTS_PAGE_BYTES)
         return jsonify(events=rows, next=rows[-1]["id"] if rows else since), 200
 
     @app.get("/api/v1/openapi.json")

@@ -42,6 +42,14 @@ FAST_PATH_ALERT = "PostgresPostmasterDown"  # the alert that follows a crash the
 FAST_PATH_ALERT_LAG = 120.0  # how long after a crash its alert may start (scrape + evaluation intervals)
 
 
+LABEL_KEPT = 256  # characters of an alert's label values kept in the journal and the answer
+
+
+def bounded(text: str) -> str:
+    """TEXT cut to LABEL_KEPT characters: a hostile sender's megabyte labels must not be stored whole."""
+    return text if len(text) <= LABEL_KEPT else text[:LABEL_KEPT] + "…"
+
+
 def perform(instance: Instance, action: str, reason: str) -> ActionResult:
     """The real actions: start, or restart (stop with escalation, then start)."""
     return actions.restart(instance, reason) if action == "restart" else actions.start(instance)
@@ -221,10 +229,10 @@ class Engine:
                 action = self.action_for(alert)
                 episode = alert.episode
                 base = {
-                    "alertname": alert.alertname,
+                    "alertname": bounded(alert.alertname),
                     "alert_status": alert.status,
-                    "fingerprint": alert.fingerprint,
-                    "starts_at": alert.starts_at,
+                    "fingerprint": bounded(alert.fingerprint),
+                    "starts_at": bounded(alert.starts_at),
                     "source": source,
                 }
                 if name is None:
@@ -240,19 +248,26 @@ class Engine:
                     episode = self._fast_path_episode(name, alert) or alert.episode
                     if episode != alert.episode:
                         base["via"] = FAST_PATH  # the crash the fast path already handles
-                    opened = batch.open_episode(episode, name, alert.alertname, action, alert.starts_at_epoch)
+                    opened = batch.open_episode(episode, name, bounded(alert.alertname), action, alert.starts_at_epoch)
                     result, reason = OPENED_DECISION[opened]
                     if result is not Decision.DUPLICATE:
                         wake.add(name)
                 known = name if name in self.config.instances else None
-                detail = {**base, "result": result.value, "reason": reason}
+                detail: dict[str, Any] = {**base, "result": result.value, "reason": reason}
                 if name is not None and known is None:
-                    detail["pg_instance"] = name  # kept as data, never used to act
+                    detail["pg_instance"] = bounded(name)  # kept as data (cut), never used to act
+                    if len(name) > LABEL_KEPT:
+                        detail["pg_instance_length"] = len(name)
                 if result in (Decision.ACCEPTED, Decision.DUPLICATE, Decision.RECHECK):
                     detail["episode"] = episode
                 batch.add_event(known, "notification", (), **detail)
                 decisions.append(
-                    {"pg_instance": name, "alertname": alert.alertname, "result": result.value, "reason": reason}
+                    {
+                        "pg_instance": None if name is None else bounded(name),
+                        "alertname": bounded(alert.alertname),
+                        "result": result.value,
+                        "reason": reason,
+                    }
                 )
         for d in decisions:
             self.metrics.notifications.labels(d["result"]).inc()

@@ -21,7 +21,7 @@ def document() -> dict[str, Any]:
             "startsAt": {"type": "string", "format": "date-time"},
             "endsAt": {"type": "string", "format": "date-time"},
             "generatorURL": {"type": "string"},
-            "fingerprint": {"type": "string"},
+            "fingerprint": {"type": "string", "minLength": 1, "maxLength": 128},
         },
     }
     return {

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 MAX_BODY = 1024 * 1024
+MAX_FINGERPRINT = 128  # Alertmanager's are 16 hex digits
 
 
 class PayloadError(ValueError):
@@ -58,12 +59,19 @@ def _string_map(value: Any, what: str) -> dict[str, str]:
     return value
 
 
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_payload(body: bytes) -> list[Alert]:
     """Validate BODY and return its alerts; raise PayloadError on any deviation from version 4."""
     try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise PayloadError("body is not JSON") from None
+        doc = json.loads(body, parse_constant=_no_constants)
+        json.dumps(doc, ensure_ascii=False).encode()  # lone surrogates ("\ud800") cannot be stored
+    except (ValueError, UnicodeError):  # JSONDecodeError, NaN/Infinity, not UTF-8, lone surrogates
+        raise PayloadError("body is not valid JSON in UTF-8") from None
+    except RecursionError:
+        raise PayloadError("body is nested too deeply") from None
     if not isinstance(doc, dict):
         raise PayloadError("body must be a JSON object")
     if doc.get("version") != "4":
@@ -84,9 +92,15 @@ def parse_payload(body: bytes) -> list[Alert]:
         if not isinstance(starts_at, str) or parse_time(starts_at) is None:
             raise PayloadError(f"alerts[{i}].startsAt must be an RFC 3339 time")
         fingerprint = raw.get("fingerprint")
-        if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint):
-            raise PayloadError(f"alerts[{i}].fingerprint must be a string")
-        ends_at = raw.get("endsAt") if isinstance(raw.get("endsAt"), str) else None
+        if fingerprint is not None and (
+            not isinstance(fingerprint, str) or not 0 < len(fingerprint) <= MAX_FINGERPRINT
+        ):
+            raise PayloadError(f"alerts[{i}].fingerprint must be a string of 1 to {MAX_FINGERPRINT} characters")
+        ends_at = raw.get("endsAt")
+        if ends_at is not None and (
+            not isinstance(ends_at, str) or (not ends_at.startswith("0001-01-01") and parse_time(ends_at) is None)
+        ):
+            raise PayloadError(f"alerts[{i}].endsAt must be an RFC 3339 time")
         out.append(Alert(status, labels, annotations, starts_at, ends_at, fingerprint or label_fingerprint(labels)))
     return out
 

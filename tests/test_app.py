@@ -72,3 +72,42 @@ def test_metrics_and_status_leave_the_journal_unchanged(client: FlaskClient, tmp
     assert status["instances"]["main"]["state"] == "ok" and status["instances"]["main"]["budget_remaining"] == 3
     assert 'pgmedic_instance_state{pg_instance="main",state="failed"} 0.0' in metrics
     assert status["config"]["generation"] == 1 and status["config"]["last_reload"]["ok"] is True
+
+
+def test_odd_input_is_a_4xx_never_a_500(client: FlaskClient) -> None:
+    ok = alert_payload("PostgresPostmasterDown", "main")
+    alert = ok["alerts"][0]
+    deep = b'{"version": "4", "alerts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    cases: dict[str, Any] = {
+        "nested 10^5 deep": deep,
+        "NaN": json.dumps(ok).replace('"firing"', "NaN", 1).encode(),
+        "lone surrogate in a label": json.dumps(ok).replace('"main"', '"\\ud800"').encode(),
+        "malformed endsAt": {**ok, "alerts": [{**alert, "endsAt": "yesterday"}]},
+        "empty fingerprint": {**ok, "alerts": [{**alert, "fingerprint": ""}]},
+        "huge fingerprint": {**ok, "alerts": [{**alert, "fingerprint": "f" * 1000}]},
+    }
+    for case, body in cases.items():
+        answer = post(client, body)
+        assert answer.status_code == 400, (case, answer.status_code, answer.get_data()[:200])
+        assert set(answer.get_json()) == {"error"}, case
+    assert client.get("/api/v1/events?since=99999999999999999999").status_code == 400
+    assert client.get("/api/v1/events?since=abc").status_code == 400
+    assert client.delete("/api/v1/alerts").status_code == 405
+    assert "POST" in client.get("/api/v1/alerts").headers["Allow"]
+
+
+def test_huge_labels_are_journaled_cut_and_pages_are_bounded(client: FlaskClient) -> None:
+    big = "x" * 100_000  # alertname and pg_instance, each twice in the payload: under 1 MiB
+    for n in range(12):
+        answer = post(client, alert_payload(big, big + str(n), fingerprint=f"f{n}"))
+        assert answer.status_code == 200
+        decision = answer.get_json()["decisions"][0]
+        assert decision["reason"] == "not a configured instance" and len(decision["pg_instance"]) < 300
+    events = client.get("/api/v1/events?limit=10000").get_json()["events"]
+    kept = [e for e in events if e["kind"] == "notification"]
+    assert len(kept) == 12 and all(e["pg_instance_length"] == len(big) + len(str(i)) for i, e in enumerate(kept))
+    assert all(len(json.dumps(e)) < 2000 for e in kept), "nothing megabyte-sized was stored"
+    journal = client.application.extensions["pgmedic"].journal
+    page = journal.events(0, None, 100, max_bytes=1500)
+    assert 1 <= len(page) < len(events), "a page stops at its byte bound"
+    assert journal.events(page[-1]["id"], None, 100)[0]["id"] == page[-1]["id"] + 1, "and the next page goes on"
