@@ -347,6 +347,42 @@ def test_hundreds_of_backends_beyond_1024_descriptors(make_cluster: Callable[...
             c.close()
 
 
+def test_descriptors_return_to_a_bound_after_a_connection_churn(cluster: Cluster, exporter_for) -> None:
+    """Clients connect and leave (a hundred or more per second) while scrapes run: afterwards the
+    exporter holds no descriptors of exited backends (three per live process, plus its own few)."""
+    service = exporter_for(cluster)
+    dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user={owner()}"
+    scrape(service, timeout_header=5)
+    base = len(os.listdir(f"/proc/{service.proc.pid}/fd"))
+    stop = threading.Event()
+    churned = [0]
+
+    def churn() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(psycopg.Error):
+                psycopg.connect(dsn, connect_timeout=5).close()
+                churned[0] += 1
+
+    workers = [threading.Thread(target=churn) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            scrape(service, timeout_header=5)
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(30)
+    time.sleep(0.5)
+    scrape(service, timeout_header=5)  # the walk after the churn drops what exited
+    live = len(cluster.processes())
+    fds = len(os.listdir(f"/proc/{service.proc.pid}/fd"))
+    assert churned[0] > 40 * 50, f"only {churned[0]} connections in 40 s"
+    assert fds <= base + 3 * 2 + 8, f"{fds} descriptors after {churned[0]} connections (before: {base}, {live} live processes)"
+
+
 def test_backend_seen_idle_then_busy_shows_its_new_cpu_and_memory(cluster: Cluster, exporter_for) -> None:
     """The tracker re-reads CPU times only when schedstat says a process ran, and memory only when statm
     changed: a backend first seen idle must still show the CPU and memory it uses afterwards."""
