@@ -2,13 +2,15 @@
 
 ``decide`` runs inside the HTTP request: it journals each alert and what will be done about it in
 one transaction, and only then does the request answer 2xx. A new failure episode (fingerprint +
-startsAt) becomes a pending row; a repeat delivery of the same episode is a duplicate and does
-nothing. Actions run in one worker thread per instance, never inside the request.
+startsAt) becomes a pending row; a repeat delivery is a duplicate while the episode is in progress,
+and a re-probe (recheck) once it has ended. Actions run in one worker thread per instance, never
+inside the request. The fast path (fastpath.py) opens episodes the same way, for crashes it sees.
 
-A worker claims an episode under the instance's file lock (so two remediator processes sharing a
-state directory never act together), probes first and acts only on a dead or hung instance, within
-the restart budget, then waits until the instance accepts connections. An episode left unfinished
-by a crash of the remediator is picked up again at the next start.
+A worker claims an episode under the instance's file lock (so two remediator processes, or an
+administrator's `pgmedic start|stop`, never act together), probes first and acts only on a dead or
+hung instance, within the restart budget, then waits until the instance accepts connections; every
+wait ends the moment the instance gets worse. An episode left unfinished by a crash of the
+remediator is picked up again at the next start.
 """
 
 from __future__ import annotations
@@ -31,17 +33,14 @@ from pgmedic.runner import group_alive, on_spawn
 from pgmedic.states import Reason, State
 from pgmedic.text import shown
 
-from .fastpath import FastPath
+from .fastpath import CRASH_ALERT, FastPath
 from .metrics import RemediatorMetrics
 from .payload import Alert
 
 log = logging.getLogger(__name__)
 POLL = 0.1  # seconds between probes while waiting for an instance to accept connections
 IDLE_WAKE = 5.0  # a worker looks for unfinished work at least this often
-FAST_PATH_ALERT = "PostgresPostmasterDown"  # the alert that follows a crash the fast path saw
 FAST_PATH_ALERT_LAG = 120.0  # how long after a crash its alert may start (scrape + evaluation intervals)
-
-
 LABEL_KEPT = 256  # characters of an alert's label values kept in the journal and the answer
 
 
@@ -281,7 +280,7 @@ class Engine:
     def _fast_path_episode(self, name: str, alert: Alert) -> str | None:
         """The fast-path episode this crash alert follows: one detected shortly before the alert started
         (Prometheus sees a crash a scrape and an evaluation after the fast path does)."""
-        if alert.alertname != FAST_PATH_ALERT or alert.starts_at_epoch is None:
+        if alert.alertname != CRASH_ALERT or alert.starts_at_epoch is None:
             return None
         if not self.config.instance(name).fast_path_on(self.config.remediator):
             return None
