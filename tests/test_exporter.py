@@ -380,7 +380,9 @@ def test_descriptors_return_to_a_bound_after_a_connection_churn(cluster: Cluster
     live = len(cluster.processes())
     fds = len(os.listdir(f"/proc/{service.proc.pid}/fd"))
     assert churned[0] > 40 * 50, f"only {churned[0]} connections in 40 s"
-    assert fds <= base + 3 * 2 + 8, f"{fds} descriptors after {churned[0]} connections (before: {base}, {live} live processes)"
+    assert fds <= base + 3 * 2 + 8, (
+        f"{fds} descriptors after {churned[0]} connections (before: {base}, {live} live processes)"
+    )
 
 
 def test_backend_seen_idle_then_busy_shows_its_new_cpu_and_memory(cluster: Cluster, exporter_for) -> None:
