@@ -226,11 +226,25 @@ class Cluster:
             if not pids:
                 break
             for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
-                    os.kill(pid, signal.SIGKILL)
+                _kill_if_in(pid, str(self.data))
             time.sleep(0.05)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _kill_if_in(pid: int, directory: str) -> None:
+    """SIGCONT then SIGKILL PID through a pidfd, if it still works in DIRECTORY once the pidfd is open."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        cwd = procfs.read_link(pid, "cwd")
+        if cwd is not None and os.path.realpath(cwd) == os.path.realpath(directory):
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(fd, sig)
+    finally:
+        os.close(fd)
 
 
 def new_cluster(template: Path, name: str = "main", start: bool = True) -> Cluster:
