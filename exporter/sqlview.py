@@ -23,6 +23,7 @@ from pgmedic.pidfile import PidFile
 SETTINGS = (
     "max_connections",
     "superuser_reserved_connections",
+    "reserved_connections",  # PostgreSQL 16+: NULL (left out) before
     "work_mem",
     "maintenance_work_mem",
     "temp_buffers",

@@ -147,7 +147,8 @@ def workers() -> list:
     ]
 
 
-USABLE = f"(pg_settings_max_connections{{{PG}}} - {ON} pg_settings_superuser_reserved_connections{{{PG}}})"
+# The rules' recording: max_connections - superuser_reserved_connections - reserved_connections (16+).
+USABLE = f"pgmedic:pg_connections_usable{{{PG}}}"
 
 
 def connections() -> list:
@@ -156,7 +157,8 @@ def connections() -> list:
             timeseries.Panel,
             "Client backends by state",
             "Client connections by state (pg_stat_activity) against the "
-            "usable limit, max_connections - superuser_reserved_connections. Many 'idle': a pooler would help.",
+            "usable limit, max_connections - superuser_reserved_connections - reserved_connections (16+). "
+            "Many 'idle': a pooler would help.",
             [
                 query(
                     f"sum by (pg_instance, state) (pg_stat_activity_connections{{{PG}}})",

@@ -34,6 +34,10 @@ from .titles import classify_title
 
 START_TIME_TOLERANCE = 5.0  # seconds between the pid file's start time and the process's
 POSTGRES_EXECUTABLES = ("postgres", "postmaster")
+CLIENT_SLOTS_SQL = (
+    "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
+    " - coalesce(current_setting('reserved_connections', true)::int, 0), pg_backend_pid()"
+)
 
 
 class Verdict(enum.StrEnum):
@@ -287,7 +291,9 @@ class Instance:
             return done(State.REJECTING, reason, f"postmaster {postmaster.pid} is {pid_file.status}")
         remaining = timeout - (time.monotonic() - start)
         try:
-            call_with_deadline(lambda: self.select_one(pid_file, max(remaining, 0.1)), remaining, "pgmedic-probe")
+            usable, own = call_with_deadline(
+                lambda: self.client_slots(pid_file, max(remaining, 0.1)), remaining, "pgmedic-probe"
+            )
         except TimeoutError:
             stopped = " (the postmaster is stopped, SIGSTOP)" if postmaster.stat.is_stopped else ""
             return done(State.NOT_RESPONDING, Reason.HUNG, f"no answer to SQL within {timeout:.1f}s{stopped}")
@@ -299,12 +305,21 @@ class Instance:
                 return done(State.NOT_RUNNING, Reason.EXITED, "the postmaster exited during the probe")
             detail = f"postmaster {postmaster.pid} is up but SQL failed: {first_line(exc)}"
             return done(State.REJECTING, Reason.SQL_ERROR, detail)
+        # pgmedic's own connection may use the superuser reserve: ordinary clients can be refused while
+        # it still gets in. Count them from /proc against the slots they may use.
+        clients = sum(1 for c in postmaster.children() if c.backend_type == "client_backend" and c.pid != own)
+        if clients >= usable:
+            return done(State.REJECTING, Reason.FULL, f"full: {clients} of {usable} client slots taken")
         return done(State.ACCEPTING, Reason.ACCEPTING, f"postmaster {postmaster.pid} is accepting connections")
 
-    def select_one(self, pid_file: PidFile | None, timeout: float) -> None:
-        """Connect afresh and run SELECT 1 (raises on any failure)."""
+    def client_slots(self, pid_file: PidFile | None, timeout: float) -> tuple[int, int]:
+        """Connect afresh and ask how many connections ordinary clients may use (max_connections minus
+        the superuser reserve and, 16+, reserved_connections) and our own backend's pid. Raises on any
+        failure: a connection that works is the probe's first finding."""
         with connect(self.config, pid_file, timeout) as conn:
-            conn.execute("SELECT 1").fetchone()
+            row = conn.execute(CLIENT_SLOTS_SQL).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
 
 
 def _owner_uid(path: str) -> int | None:

@@ -64,7 +64,7 @@ def test_dashboard_covers_the_metric_contract() -> None:
     text = BOARD.read_text()
     for name in (
         "pg_postmaster_up", "pg_up", "pg_postmaster_state", "pg_postmaster_start_time_seconds", "pg_background_worker_up",
-        "pg_stat_activity_connections", "pg_settings_max_connections", "pg_settings_superuser_reserved_connections",
+        "pg_stat_activity_connections", "pgmedic:pg_connections_usable",  # max - both reserves (the rules)
         "pg_stat_activity_max_tx_duration_seconds", "pg_settings_work_mem_bytes", "pg_settings_maintenance_work_mem_bytes",
         "pg_settings_temp_buffers_bytes", "pg_settings_shared_buffers_bytes", "pg_process_memory_bytes",
         "pg_backend_memory_anon_max_bytes", "pgmedic_actions_total", "pgmedic_recovery_seconds_bucket",

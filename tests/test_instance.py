@@ -274,3 +274,24 @@ def test_parse_pid_file_every_line() -> None:
 def test_cli_entry_point_help() -> None:
     out = subprocess.run([sys.executable, "-m", "pgmedic", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "monitor" in out.stdout
+
+
+def test_monitor_says_full_when_ordinary_clients_are_refused(cluster: Cluster) -> None:
+    """Every non-reserved slot taken: pgmedic's own superuser connection still works, but the server is
+    full for clients, and the monitor says so (exit 1), never "healthy"."""
+    import psycopg
+
+    cluster.psql("CREATE ROLE app LOGIN")
+    usable = int(cluster.psql("SELECT current_setting('max_connections')::int - 3"))
+    dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user=app"
+    clients = [psycopg.connect(dsn) for _ in range(usable)]
+    try:
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(dsn, connect_timeout=5)
+        result = monitor(cluster)
+        assert result.returncode == 1, result.stdout
+        assert f"full: {usable} of {usable} client slots taken" in result.stdout
+    finally:
+        for c in clients:
+            c.close()
+    assert monitor(cluster).returncode == 0
