@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from psycopg.errors import ConnectionTimeout
+
 from . import procfs, signals
 from .config import InstanceConfig
 from .connection import call_with_deadline, connect, first_line, refusal_text, rejecting_reason
@@ -294,7 +296,7 @@ class Instance:
             usable, own = call_with_deadline(
                 lambda: self.client_slots(pid_file, max(remaining, 0.1)), remaining, "pgmedic-probe"
             )
-        except TimeoutError:
+        except (TimeoutError, ConnectionTimeout):  # ours or libpq's connect_timeout, whichever fires first
             stopped = " (the postmaster is stopped, SIGSTOP)" if postmaster.stat.is_stopped else ""
             return done(State.NOT_RESPONDING, Reason.HUNG, f"no answer to SQL within {timeout:.1f}s{stopped}")
         except Exception as exc:
