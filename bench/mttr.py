@@ -45,7 +45,7 @@ import psycopg
 
 from pgmedic import procfs
 from pgmedic.demo.drills import timeline
-from pgmedic.demo.sandbox import Cluster, as_owner, make_temp_dir, make_template, new_cluster, pg_bin_dir
+from pgmedic.demo.sandbox import Cluster, as_owner, make_temp_dir, make_template, new_cluster
 from pgmedic.demo.stack import Stack, build_stack
 from pgmedic.reaper import become_subreaper, start_reaper
 
@@ -55,7 +55,7 @@ SETTLE = 12.0  # seconds between two drills of one chain: the alert resolves, Al
 
 
 def pg_ctl_start(cluster: Cluster) -> int:
-    argv = [os.path.join(pg_bin_dir(), "pg_ctl"), "-D", str(cluster.data), "-l", str(cluster.root / "server.log"),
+    argv = [os.path.join(cluster.bin_dir, "pg_ctl"), "-D", str(cluster.data), "-l", str(cluster.root / "server.log"),
             "-o", f"-p {cluster.port}", "-w", "-t", "30", "start"]  # fmt: skip
     return subprocess.run(as_owner(argv), capture_output=True, timeout=60).returncode
 

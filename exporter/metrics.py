@@ -27,8 +27,14 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "pg_postmaster_stale_pid_file": (GAUGE, "1 when postmaster.pid exists but no live postmaster owns it."),
     "pg_background_worker_up": (
         GAUGE,
-        "1 when the expected background worker runs as a child of the postmaster (process titles in /proc); "
-        "only workers this version and configuration should run are reported.",
+        "1 when the expected background worker runs as a child of the postmaster (process titles in /proc), "
+        "as many as configured (io workers: io_workers); only workers this version, role and configuration "
+        "should run are reported (pgmedic.workers).",
+    ),
+    "pg_background_worker_processes": (GAUGE, "Processes of the expected background worker running now (/proc)."),
+    "pg_background_worker_expected_processes": (
+        GAUGE,
+        "Processes of the background worker this version and configuration should run (io_workers for io workers).",
     ),
     "pg_background_worker_start_time_seconds": (GAUGE, "Unix time the background worker process started (/proc)."),
     "pg_processes": (GAUGE, "Live children of the postmaster by backend type, from their process titles."),
@@ -61,6 +67,12 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         GAUGE,
         "superuser_reserved_connections, read with current_setting().",
     ),
+    "pg_settings_reserved_connections": (
+        GAUGE,
+        "reserved_connections (PostgreSQL 16+: slots for roles with pg_use_reserved_connections), read with "
+        "current_setting(); absent before 16.",
+    ),
+    "pg_settings_io_workers": (GAUGE, "io_workers (PostgreSQL 18+), read with current_setting(); absent before 18."),
     "pg_settings_work_mem_bytes": (GAUGE, "work_mem, read with current_setting(), in bytes."),
     "pg_settings_maintenance_work_mem_bytes": (GAUGE, "maintenance_work_mem, read with current_setting(), in bytes."),
     "pg_settings_temp_buffers_bytes": (GAUGE, "temp_buffers, read with current_setting(), in bytes."),

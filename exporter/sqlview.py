@@ -16,24 +16,23 @@ from dataclasses import dataclass, field
 from psycopg import pq
 from psycopg.pq.abc import PGconn
 
+from pgmedic import workers
 from pgmedic.config import InstanceConfig
 from pgmedic.connection import first_line, open_pgconn, wait_socket
 from pgmedic.pidfile import PidFile
 
+# The settings the collectors read, and every setting the worker table decides by (primary_conninfo
+# has its own statement). A setting a version lacks reads as NULL and is left out.
 SETTINGS = (
     "max_connections",
     "superuser_reserved_connections",
-    "reserved_connections",  # PostgreSQL 16+: NULL (left out) before
+    "reserved_connections",  # PostgreSQL 16+
     "work_mem",
     "maintenance_work_mem",
     "temp_buffers",
     "shared_buffers",
-    "logging_collector",
-    "autovacuum",
-    "archive_mode",
-    "max_logical_replication_workers",
-    "primary_conninfo",
     "port",
+    *workers.SETTINGS,
 )
 _UNIT_BYTES = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from . import procfs, signals
 from .errors import ActionError
+from .failures import Failure, LogMark, classify
 from .instance import Identity, Instance, Probe, Verdict
 from .runner import RunResult, base_env, run
 from .states import State
@@ -38,6 +39,7 @@ class ActionResult:
     steps: list[str] = field(default_factory=list)
     probe: Probe | None = None
     code: int | None = None  # a monitor's exit code (probe state or the script's own code)
+    failure: Failure = Failure.NONE  # why a start failed, as a class decisions read
 
     @property
     def exit_code(self) -> int:
@@ -96,12 +98,16 @@ def log_file(instance: Instance) -> str:
 
 
 def start(instance: Instance) -> ActionResult:
-    """Start the instance unless a live postmaster already holds its data directory."""
+    """Start the instance unless a live postmaster already holds its data directory.
+
+    A failed start says why in the server's own words (its FATAL lines, from the log written during
+    the attempt) and carries the failure's class.
+    """
     began = time.monotonic()
     cfg = instance.config
     problem = instance.data_directory_problem()
     if problem:
-        return ActionResult("start", False, f"refused: {problem}")
+        return ActionResult("start", False, f"refused [{problem.failure}]: {problem.message}", failure=problem.failure)
     identity = instance.identify()
     if identity.postmaster is not None:
         pid = identity.postmaster.pid
@@ -111,11 +117,17 @@ def start(instance: Instance) -> ActionResult:
     steps = wait_for_leftovers(instance)
     identity = instance.identify()
     if identity.blocks_start and identity.pid_file is not None:
-        return ActionResult("start", False, f"refused: {start_conflict(identity)}", time.monotonic() - began, steps)
+        return ActionResult(
+            "start", False, f"refused [{Failure.PID_FILE_CONFLICT}]: {start_conflict(identity)}",
+            time.monotonic() - began, steps, failure=Failure.PID_FILE_CONFLICT,
+        )  # fmt: skip
+    mark = LogMark.take(instance.data_directory, log_file(instance))
     if cfg.start_script:
         result = _run_script(instance, "start", cfg.start_script, cfg.start_timeout)
         result.steps[:0] = steps
         result.duration = time.monotonic() - began
+        if not result.ok and result.code != EXIT_REFUSED:
+            _explain(result, mark, result.message)
         return result
     args = ["start", "-w", "-t", str(max(1, int(cfg.start_timeout))), "-l", log_file(instance)]
     if cfg.port:
@@ -123,17 +135,23 @@ def start(instance: Instance) -> ActionResult:
     try:
         ran = _pg_ctl(instance, args, cfg.start_timeout + 5)
     except (ActionError, FileNotFoundError) as exc:
-        return ActionResult("start", False, str(exc), time.monotonic() - began, steps)
+        return ActionResult("start", False, str(exc), time.monotonic() - began, steps, failure=Failure.OTHER)
     steps.append(f"pg_ctl start: {ran.describe()}")
     if ran.ok:
         return ActionResult("start", True, "started", time.monotonic() - began, steps)
-    return ActionResult(
-        "start",
-        False,
-        f"pg_ctl start failed ({ran.describe()}); see {log_file(instance)}",
-        time.monotonic() - began,
-        steps,
-    )
+    result = ActionResult("start", False, "", time.monotonic() - began, steps)
+    _explain(result, mark, ran.output, timed_out=ran.timed_out, fallback=f"{ran.describe()}; see {log_file(instance)}")
+    return result
+
+
+def _explain(result: ActionResult, mark: LogMark, output: str, timed_out: bool = False, fallback: str = "") -> None:
+    """Fill RESULT's failure class and message from the server log lines written since MARK."""
+    reasons = mark.reasons()
+    result.failure = Failure.TIMEOUT if timed_out else classify([*reasons, output])
+    what = "start script failed" if fallback == "" else "pg_ctl start failed"
+    said = "; ".join(reasons) or fallback or result.message
+    result.message = f"{what} [{result.failure}]: {said}"
+    result.steps.append(f"failure: {result.failure}" + (f": {'; '.join(reasons)}" if reasons else ""))
 
 
 def start_conflict(identity: Identity) -> str:

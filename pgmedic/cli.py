@@ -32,6 +32,7 @@ from .journal import open_journal
 from .locks import instance_lock
 from .services import reload_service, running_services
 from .signals import SIGNAL_STEP
+from .states import EXIT_CODES, State
 from .store import audit, write_instance_file
 from .text import control_character, shown
 
@@ -272,7 +273,8 @@ def cmd_action(config: Config, args: argparse.Namespace, argv: Sequence[str]) ->
         if st is not None and st.failed_within(instance.config.restart_window):
             hint = f"after repair run `pgmedic resume instance {instance.name}`"
             print(f"{instance.name}: FAILED ({st.failed_reason}); {hint}")
-            return EXIT_FAILED
+            # A missing data directory keeps its own, more specific code while it lasts.
+            return result.exit_code if result.exit_code == EXIT_CODES[State.NO_DATA_DIRECTORY] else EXIT_FAILED
         print(f"{instance.name}: {result.message}")
         return result.exit_code
     with _action_lock(config, instance.name) as held:

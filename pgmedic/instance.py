@@ -29,6 +29,7 @@ from psycopg.errors import ConnectionTimeout
 from . import procfs, signals
 from .config import InstanceConfig
 from .connection import call_with_deadline, connect, first_line, refusal_text, rejecting_reason
+from .failures import Failure
 from .pidfile import PidFile, read_pid_file
 from .runner import is_spawned
 from .states import EXIT_CODES, Reason, State
@@ -128,10 +129,17 @@ class Probe:
     postmaster: Postmaster | None = None
     pid_file: PidFile | None = None
     duration: float = 0.0
+    failure: Failure = Failure.NONE  # with NO_DATA_DIRECTORY: missing, or not readable
 
     @property
     def exit_code(self) -> int:
         return EXIT_CODES[self.state]
+
+
+@dataclass(frozen=True)
+class DataDirectoryProblem:
+    failure: Failure
+    message: str
 
 
 class Instance:
@@ -147,16 +155,18 @@ class Instance:
         self._verified: tuple[tuple[int, int, str | None], str] | None = None
 
     # ---- files ----------------------------------------------------------------------------------
-    def data_directory_problem(self) -> str | None:
+    def data_directory_problem(self) -> DataDirectoryProblem | None:
         """Why the data directory cannot hold a cluster, or None when it looks usable."""
         path = Path(self.data_directory)
         try:
             if not path.is_dir():
-                return f"data directory {path} does not exist"
+                return DataDirectoryProblem(Failure.DATA_DIRECTORY_MISSING, f"data directory {path} does not exist")
             if not (path / "PG_VERSION").is_file():
-                return f"{path} is not a PostgreSQL data directory (no PG_VERSION)"
+                return DataDirectoryProblem(
+                    Failure.DATA_DIRECTORY_MISSING, f"{path} is not a PostgreSQL data directory (no PG_VERSION)"
+                )
         except PermissionError:
-            return f"data directory {path} is not readable by pgmedic"
+            return DataDirectoryProblem(Failure.PERMISSION_DENIED, f"data directory {path} is not readable by pgmedic")
         return None
 
     def major_version(self) -> int | None:
@@ -270,7 +280,10 @@ class Instance:
         start = time.monotonic()
         problem = self.data_directory_problem()
         if problem:
-            return Probe(State.NO_DATA_DIRECTORY, Reason.NO_DATA_DIRECTORY, problem, duration=time.monotonic() - start)
+            return Probe(
+                State.NO_DATA_DIRECTORY, Reason.NO_DATA_DIRECTORY, problem.message, duration=time.monotonic() - start,
+                failure=problem.failure,
+            )  # fmt: skip
         identity = self.identify()
         pid_file, postmaster = identity.pid_file, identity.postmaster
 

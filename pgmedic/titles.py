@@ -1,4 +1,4 @@
-"""Classify PostgreSQL processes by their process title (PostgreSQL 9.6 to 17).
+"""Classify PostgreSQL processes by their process title (PostgreSQL 9.6 to 18).
 
 Titles look like ``postgres: [CLUSTER: ]WHAT``. Up to 10 the background workers said ``… process``
 ("writer process", "wal writer process"); from 11 they use the backend type names ("background
@@ -10,28 +10,14 @@ from __future__ import annotations
 
 import re
 
-# Workers that pg_background_worker_up reports on, in display order.
-WORKERS = (
-    "logger",
-    "checkpointer",
-    "background_writer",
-    "walwriter",
-    "autovacuum_launcher",
-    "archiver",
-    "stats_collector",
-    "logical_replication_launcher",
-    "startup",
-    "walreceiver",
-)
-
-# Backend types pg_processes always reports (zero-filled).
+# Backend types pg_processes always reports (zero-filled), on top of the background workers of
+# pgmedic.workers.
 COMMON_BACKEND_TYPES = (
     "client_backend",
     "autovacuum_worker",
     "parallel_worker",
     "walsender",
     "background_worker",
-    *WORKERS,
 )
 
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(

@@ -26,6 +26,7 @@ from typing import Any
 from pgmedic import actions
 from pgmedic.actions import ActionResult
 from pgmedic.config import Config, InstanceConfig
+from pgmedic.failures import NOT_RETRIED, Failure
 from pgmedic.instance import Instance, Probe, Verdict
 from pgmedic.journal import FAST_PATH, EpisodeOpened, Journal
 from pgmedic.locks import held_elsewhere, instance_lock
@@ -369,11 +370,12 @@ class Engine:
         instance = self.instance_for(cfg)
         attempts = self.journal.restarts_in_episode(name, key, since=episode.get("reopened_at") or 0.0)
         reopened = bool(episode.get("reopened_at")) and not attempts
+        last_failure = Failure.NONE  # of this run's last attempt, for the escalation
         while not self._stop.is_set():
             self.journal.expire_failed(name, cfg.restart_window)
             state = self.journal.state(name)
             if state.suspended:
-                self.metrics.actions.labels(name, episode["action"], "skipped").inc()
+                self.metrics.actions.labels(name, episode["action"], "skipped", Failure.NONE).inc()
                 self.journal.event(name, "skipped", episode=key, reason="suspended (maintenance)")
                 return Outcome(Ended.SKIPPED, "suspended")
             if state.failed:
@@ -394,12 +396,14 @@ class Engine:
             if probe.state is State.UNVERIFIED:  # never act on a process pgmedic could not identify
                 self.journal.event(name, "skipped", episode=key, reason="postmaster not verifiable", probe=probe.detail)
                 return Outcome(Ended.SKIPPED, "postmaster not verifiable")
+            if probe.state is State.NO_DATA_DIRECTORY:  # no start can cure it: no attempt, no budget spent
+                return self._fail_now(cfg, key, probe.failure, probe.detail)
             if reopened:
                 self.journal.event(name, "episode_reopened", episode=key, reason=str(probe.state), probe=probe.detail)
                 reopened = False
             used, last_end = self.journal.restart_budget_used(name, cfg.restart_window, state.armed_at)
             if used >= cfg.max_restart:
-                self._fail(cfg, key, used)
+                self._fail(cfg, key, used, last_failure)
                 return Outcome(Ended.FAILED, f"restart budget spent ({used} in {cfg.restart_window:g}s)")
             delay = cfg.restart_delay * 2 ** (used - 1) if used else 0.0
             wait = last_end + delay - time.time() if last_end else 0.0
@@ -409,13 +413,18 @@ class Engine:
                     return None
                 continue  # probe again: it may have recovered, or been suspended, meanwhile
             attempts += 1
-            if self._act(cfg, instance, episode, probe.state, attempts) is Wait.STOPPING:
+            acted, last_failure = self._act(cfg, instance, episode, probe.state, attempts)
+            if acted is Wait.STOPPING:
                 return None
+            if isinstance(acted, Outcome):
+                return acted
         return None
 
     def _act(
         self, cfg: InstanceConfig, instance: Instance, episode: dict[str, Any], state: State, attempt: int
-    ) -> Wait | None:
+    ) -> tuple[Wait | Outcome | None, Failure]:
+        """One start or restart, then the wait for it to accept connections. A failure no retry can cure
+        (NOT_RETRIED) ends the episode FAILED at once (the Outcome)."""
         name, key = cfg.name, episode["key"]
         action = "restart" if state is State.NOT_RESPONDING else "start"
         self.journal.event(
@@ -428,19 +437,22 @@ class Engine:
         self.journal.record_action_pgid(key, None)
         self.fast_path.poke()  # watch the postmaster this action started
         self.metrics.action_duration.labels(action).observe(result.duration)
-        self.metrics.actions.labels(name, action, "ok" if result.ok else "failed").inc()
+        self.metrics.actions.labels(name, action, "ok" if result.ok else "failed", result.failure).inc()
         kind = "restarted" if result.ok else "restart_failed"
+        failure = {} if result.ok else {"failure": str(result.failure)}
         self.journal.event(
             name, kind, self.notifiers, episode=key, action=action, attempt=attempt, message=result.message,
-            steps=result.steps, duration=round(result.duration, 3),
+            steps=result.steps, duration=round(result.duration, 3), **failure,
         )  # fmt: skip
         if not result.ok:
-            return None
+            if result.failure in NOT_RETRIED:
+                return self._fail_now(cfg, key, result.failure, result.message), result.failure
+            return None, result.failure
         # Started: it is at least starting. A pid file still naming the old server is not yet news.
         waited = self._watch_wait(instance, cfg.start_timeout, State.REJECTING, before.pid if before else None)
         if waited is Wait.WORSE:
             self.journal.event(name, "wait_ended", episode=key, reason="the instance failed again after the start")
-        return waited
+        return waited, Failure.NONE
 
     def _watch_wait(self, instance: Instance, seconds: float, premise: State, old_pid: int | None = None) -> Wait:
         """Wait up to SECONDS for the instance to accept connections, re-probing every POLL.
@@ -515,13 +527,24 @@ class Engine:
             seconds_since_receipt=round(since_receipt, 3),
         )  # fmt: skip
 
-    def _fail(self, cfg: InstanceConfig, key: str, used: int) -> None:
-        """Budget spent: FAILED, no more actions; KSYS hears of it once, and only for a critical instance."""
+    def _fail(self, cfg: InstanceConfig, key: str, used: int, last: Failure) -> None:
+        """Budget spent: FAILED, no more actions; KSYS hears of it once, and only for a critical instance,
+        with the class of the last attempt's failure when this run saw one."""
         self.journal.mark_failed(
             cfg.name, f"{used} restarts in {cfg.restart_window:g}s did not bring it back",
             self.notifiers if cfg.critical else None,
             episode=key, restarts=used, window=cfg.restart_window, critical=cfg.critical, reason="restart budget spent",
+            **({"failure": str(last)} if last is not Failure.NONE else {}),
         )  # fmt: skip
+
+    def _fail_now(self, cfg: InstanceConfig, key: str, failure: Failure, why: str) -> Outcome:
+        """A failure no start can cure (the data directory missing or unreadable, a configuration error):
+        FAILED at once without (more) attempts; KSYS hears the real reason once, for a critical instance."""
+        self.journal.mark_failed(
+            cfg.name, why, self.notifiers if cfg.critical else None,
+            episode=key, critical=cfg.critical, reason=why, failure=str(failure),
+        )  # fmt: skip
+        return Outcome(Ended.FAILED, f"{failure}: not restarted")
 
     def _wait_for_orphaned_action(self, cfg: InstanceConfig, key: str, pgid: int) -> None:
         """A previous run died while a command of this episode ran in its own session: let it finish first,

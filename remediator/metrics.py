@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from pgmedic.failures import Failure
 from pgmedic.reload import ConfigStatus
 
 NOTIFICATION_RESULTS = ("accepted", "duplicate", "recheck", "ignored", "rejected")
@@ -23,8 +24,10 @@ class RemediatorMetrics:
         )
         self.actions = Counter(
             "pgmedic_actions",
-            "Remediation actions by instance, action (start, restart) and result (ok, failed, skipped).",
-            ["pg_instance", "action", "result"],
+            "Remediation actions by instance, action (start, restart), result (ok, failed, skipped) and the class "
+            "of a failure (port_in_use, pid_file_conflict, data_directory_missing, permission_denied, config_error, "
+            "timeout, other; none otherwise).",
+            ["pg_instance", "action", "result", "failure"],
             registry=self.registry,
         )
         self.action_duration = Histogram(
@@ -55,8 +58,10 @@ class RemediatorMetrics:
         """Make each instance's action series exist at 0 (also for instances added by a reload)."""
         for name in instances:
             for action in ("start", "restart"):
-                for result in ("ok", "failed"):
-                    self.actions.labels(name, action, result)
+                self.actions.labels(name, action, "ok", Failure.NONE)
+                for failure in Failure:
+                    if failure is not Failure.NONE:
+                        self.actions.labels(name, action, "failed", failure)
 
     def add_config_collector(self, status: ConfigStatus) -> None:
         """pgmedic_config_last_reload_successful and ..._success_timestamp_seconds, read at scrape time."""

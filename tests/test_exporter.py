@@ -23,7 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pgmedic.config import load_config
 from pgmedic.connection import open_pgconn
-from pgmedic.demo.sandbox import Cluster, Service, owner, pgmedic_service, write_config
+from pgmedic.demo.sandbox import Cluster, Service, new_standby, owner, pgmedic_service, wait_for, write_config
+
+# Runs on every PostgreSQL version of the matrix (tests/conftest.py), except those marked one_pg.
+pytestmark = pytest.mark.every_pg
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -65,7 +68,97 @@ def exporter_for(tmp_path: Path, services: list) -> Callable[..., Service]:
     return start
 
 
-def test_running_instances_every_metric(make_cluster: Callable[..., Cluster], exporter_for) -> None:
+def workers_of(samples: Samples, name: str) -> dict[str, tuple[float, float, float]]:
+    """{worker: (up, processes, expected processes)} as the exporter reports them."""
+    out = {}
+    for (n, lbl), v in samples.items():
+        labels = dict(lbl)
+        if n == "pg_background_worker_up" and labels["pg_instance"] == name:
+            w = labels["worker"]
+            out[w] = (
+                v,
+                value(samples, "pg_background_worker_processes", pg_instance=name, worker=w),
+                value(samples, "pg_background_worker_expected_processes", pg_instance=name, worker=w),
+            )
+    return out
+
+
+def test_workers_appear_and_go_as_their_settings_say(
+    make_cluster: Callable[..., Cluster], exporter_for, pg_major: int
+) -> None:
+    """archiver with archive_mode; walsummarizer with summarize_wal (17+); io workers counted against
+    io_workers (18); autovacuum launcher with autovacuum. Every reported worker runs."""
+    c = make_cluster("alpha", start=False)
+    settings: dict[str, str | int] = {"archive_mode": "on", "archive_command": "/bin/true"}
+    if pg_major >= 17:
+        settings["summarize_wal"] = "on"
+    if pg_major >= 18:
+        settings.update(io_method="worker", io_workers=2)
+    c.configure(**settings)
+    c.start()
+    service = exporter_for(c)
+    expected = {"logger", "checkpointer", "background_writer", "walwriter", "autovacuum_launcher", "archiver",
+                "logical_replication_launcher"} | ({"stats_collector"} if pg_major <= 14 else set())  # fmt: skip
+    expected |= ({"walsummarizer"} if pg_major >= 17 else set()) | ({"io_worker"} if pg_major >= 18 else set())
+    workers = wait_for(
+        lambda: (w := workers_of(scrape(service)[0], "alpha")) and set(w) == expected and w, 10, "every worker"
+    )
+    assert all(up == 1 and running == wanted for up, running, wanted in workers.values()), workers
+    if pg_major >= 18:
+        assert workers["io_worker"][1:] == (2, 2)
+
+    # Reload with other settings: the workers they start go, io workers follow io_workers.
+    later: dict[str, str | int] = {"autovacuum": "off"}
+    if pg_major >= 17:
+        later["summarize_wal"] = "off"
+    if pg_major >= 18:
+        later["io_workers"] = 4
+    c.configure(**later)
+    c.reload()
+    gone = {"autovacuum_launcher", "walsummarizer"}
+
+    def settled() -> dict[str, tuple[float, float, float]] | None:
+        w = workers_of(scrape(service)[0], "alpha")
+        io_ok = pg_major < 18 or w.get("io_worker", (0, 0, 0)) == (1, 4, 4)
+        return w if not (gone & set(w)) and io_ok else None
+
+    workers = wait_for(settled, 15, "the reloaded settings in the reported workers")
+    assert all(up == 1 for up, _, _ in workers.values()), workers
+    assert set(workers) == expected - gone
+
+
+def test_standby_workers(make_cluster: Callable[..., Cluster], exporter_for, pg_major: int) -> None:
+    """On a streaming standby: startup and walreceiver, no walwriter or autovacuum launcher; from 17 the
+    slotsync worker when sync_replication_slots is on and its parameters validate."""
+    primary = make_cluster("primary", start=False)
+    primary.configure(wal_level="logical" if pg_major >= 17 else "replica")
+    primary.start()
+    extra: dict[str, str | int] = {}
+    if pg_major >= 17:
+        primary.psql("SELECT pg_create_physical_replication_slot('standby1')")
+        extra = {"primary_slot_name": "standby1", "hot_standby_feedback": "on", "sync_replication_slots": "on"}
+    standby = new_standby(primary, "replica", **extra)
+    try:
+        service = exporter_for(primary, standby)
+        want = {"logger", "checkpointer", "background_writer", "startup", "walreceiver"}
+        want |= {"stats_collector"} if pg_major <= 14 else set()
+        want |= {"slotsync_worker"} if pg_major >= 17 else set()
+        want |= {"io_worker"} if pg_major >= 18 else set()
+
+        def standby_workers() -> dict[str, tuple[float, float, float]] | None:
+            samples = scrape(service)[0]
+            w = workers_of(samples, "replica")
+            return w if set(w) == want and all(up == 1 for up, _, _ in w.values()) else None
+
+        workers = wait_for(standby_workers, 20, f"the standby's workers {sorted(want)}")
+        assert "walwriter" not in workers and "autovacuum_launcher" not in workers
+        samples = scrape(service)[0]
+        assert value(samples, "pg_processes", pg_instance="primary", backend_type="walsender") >= 1
+    finally:
+        standby.destroy()
+
+
+def test_running_instances_every_metric(make_cluster: Callable[..., Cluster], exporter_for, pg_major: int) -> None:
     a, b = make_cluster("alpha"), make_cluster("beta")
     service = exporter_for(a, b)
     samples, _ = scrape(service, timeout_header=5)
@@ -85,9 +178,15 @@ def test_running_instances_every_metric(make_cluster: Callable[..., Cluster], ex
                 < 30
             )
         assert not has(samples, "pg_background_worker_up", pg_instance=name, worker="archiver"), "archive_mode is off"
-        assert not has(samples, "pg_background_worker_up", pg_instance=name, worker="stats_collector"), "gone in 15"
+        if pg_major <= 14:
+            assert value(samples, "pg_background_worker_up", pg_instance=name, worker="stats_collector") == 1
+        else:
+            assert not has(samples, "pg_background_worker_up", pg_instance=name, worker="stats_collector"), "gone"
         assert not has(samples, "pg_background_worker_up", pg_instance=name, worker="walreceiver")
         assert value(samples, "pg_settings_max_connections", pg_instance=name) == 40
+        assert has(samples, "pg_settings_reserved_connections", pg_instance=name) == (pg_major >= 16)
+        io_workers = has(samples, "pg_background_worker_up", pg_instance=name, worker="io_worker")
+        assert io_workers == (pg_major >= 18), "io_method = worker is 18's default"
         assert value(samples, "pg_settings_superuser_reserved_connections", pg_instance=name) == 3
         assert value(samples, "pg_settings_work_mem_bytes", pg_instance=name) == 4 * 1024 * 1024
         assert value(samples, "pg_settings_maintenance_work_mem_bytes", pg_instance=name) == 64 * 1024 * 1024
@@ -98,7 +197,7 @@ def test_running_instances_every_metric(make_cluster: Callable[..., Cluster], ex
         assert value(samples, "pg_process_memory_bytes", pg_instance=name, backend_type="postmaster", kind="anon") > 0
         assert has(samples, "pg_process_cpu_seconds_total", pg_instance=name, backend_type="postmaster", mode="user")
         info = [lbl for (n, lbl) in samples if n == "pg_instance_info" and ("pg_instance", name) in lbl]
-        assert dict(info[0])["version"].startswith("15") and dict(info[0])["data_directory"] == str(c.data)
+        assert dict(info[0])["version"].startswith(f"{pg_major}.") and dict(info[0])["data_directory"] == str(c.data)
         assert dict(info[0])["port"] == str(c.port)
         for collector in ("postmaster", "processes", "connection", "settings", "activity", "workers", "info"):
             assert value(samples, "pgmedic_collector_success", pg_instance=name, collector=collector) == 1
@@ -209,6 +308,7 @@ def test_overlapping_scrapes_do_not_pile_up_connections(cluster: Cluster) -> Non
         exporter.close()
 
 
+@pytest.mark.one_pg  # 30 s of scraping: its subject is the exporter, not the server version
 def test_two_scrapers_at_the_same_instant_both_see_a_healthy_server_up(cluster: Cluster, exporter_for) -> None:
     """An HA pair of Prometheus servers: scrapes land together, share one SQL visit, and both say pg_up 1."""
     service = exporter_for(cluster)
@@ -347,6 +447,7 @@ def test_hundreds_of_backends_beyond_1024_descriptors(make_cluster: Callable[...
             c.close()
 
 
+@pytest.mark.one_pg  # a soak: its subject is the exporter, not the server version
 def test_descriptors_return_to_a_bound_after_a_connection_churn(cluster: Cluster, exporter_for) -> None:
     """Clients connect and leave (a hundred or more per second) while scrapes run: afterwards the
     exporter holds no descriptors of exited backends (three per live process, plus its own few)."""

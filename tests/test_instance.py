@@ -19,6 +19,9 @@ from pgmedic.pidfile import parse_pid_file
 from pgmedic.titles import classify_title
 from tests.harness import pgmedic
 
+# Runs on every PostgreSQL version of the matrix (tests/conftest.py), except those marked one_pg.
+pytestmark = pytest.mark.every_pg
+
 
 def monitor(cluster: Cluster) -> subprocess.CompletedProcess[str]:
     return pgmedic(cluster, "monitor", cluster.name)

@@ -8,88 +8,23 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pgmedic.demo.sandbox import (
     Cluster,
-    Service,
     free_port,
     http,
-    pg_bin_dir,
     pgmedic_service,
     wait_for,
     write_config,
     write_secret,
 )
-from tests.harness import alert_payload, pgmedic
-from tests.ksys_sink import KsysSink
+from tests.harness import TOKEN, Rig, alert_payload, pgmedic
 
-TOKEN = "s3cret-token"
-
-
-@pytest.fixture
-def ksys() -> Iterator[KsysSink]:
-    sink = KsysSink()
-    try:
-        yield sink
-    finally:
-        sink.close()
-
-
-class Rig:
-    """A cluster, its config and a running remediator (or two), for one test."""
-
-    def __init__(self, cluster: Cluster, tmp: Path, services: list, ksys: KsysSink) -> None:
-        self.cluster, self.tmp, self.services, self.ksys = cluster, tmp, services, ksys
-        self.token_file = tmp / "webhook.token"
-        write_secret(self.token_file, TOKEN + "\n")
-        self.state = tmp / "state"
-        self.config = tmp / "pgmedic.yaml"
-        self.remediators: list[Service] = []
-
-    def configure(self, remediator: dict[str, Any] | None = None, **instance: Any) -> None:
-        defaults = {"restart_delay": "0.2s", "max_restart": 3, "restart_window": "15m", "critical": True}
-        self.cluster.extra.update({**defaults, **instance})
-        write_config(
-            self.config, [self.cluster], self.state,
-            remediator={"token_file": str(self.token_file), **(remediator or {})},
-            ksys={"webhook": self.ksys.url, "timeout": "2s"},
-        )  # fmt: skip
-
-    def start(self) -> Service:
-        service = pgmedic_service("remediator", self.config, self.tmp, free_port())
-        self.services.append(service)
-        self.remediators.append(service)
-        return service
-
-    @property
-    def url(self) -> str:
-        return self.remediators[0].url
-
-    def post(self, payload: dict | bytes, token: str | None = TOKEN, url: str | None = None) -> tuple[int, Any]:
-        return http("POST", (url or self.url) + "/api/v1/alerts", payload, token)
-
-    def events(self) -> list[dict]:
-        status, body = http("GET", self.url + "/api/v1/events?limit=10000")
-        assert status == 200
-        return body["events"]
-
-    def kinds(self) -> list[str]:
-        return [e["kind"] for e in self.events() if e["kind"] not in ("ksys_delivered", "ksys_failed")]
-
-    def wait_event(self, kind: str, timeout: float = 60) -> dict:
-        return wait_for(lambda: next((e for e in self.events() if e["kind"] == kind), None), timeout, kind)
-
-
-@pytest.fixture
-def rig(cluster: Cluster, tmp_path: Path, services: list, ksys: KsysSink) -> Rig:
-    r = Rig(cluster, tmp_path, services, ksys)
-    r.configure()
-    return r
+# Runs on every PostgreSQL version of the matrix (tests/conftest.py), except those marked one_pg.
+pytestmark = pytest.mark.every_pg
 
 
 def kill_postmaster(cluster: Cluster) -> int:
@@ -117,7 +52,7 @@ def test_kill_9_one_post_brings_it_back_with_the_whole_story(rig: Rig) -> None:
     assert body["instances"]["main"]["budget_remaining"] == 2
     assert body["instances"]["main"]["last_action"]["result"] == "recovered"
     status, metrics = http("GET", rig.url + "/metrics")
-    assert 'pgmedic_actions_total{action="start",pg_instance="main",result="ok"} 1.0' in metrics
+    assert 'pgmedic_actions_total{action="start",failure="none",pg_instance="main",result="ok"} 1.0' in metrics
     assert 'pgmedic_recovery_seconds_count{pg_instance="main",since="receipt"} 1.0' in metrics
     assert 'pgmedic_notifications_total{result="accepted"} 1.0' in metrics
 
@@ -255,7 +190,9 @@ def test_bad_input_gets_the_right_status_and_nothing_runs(rig: Rig, tmp_path: Pa
 def test_remediator_killed_mid_restart_finishes_after_start(rig: Rig, trusted_dir: Path) -> None:
     slow = trusted_dir / "slow-start.sh"  # runs as the instance owner (scripts_run_as: owner)
     log = rig.cluster.root / "slow.log"
-    slow.write_text(f'#!/bin/sh\nsleep 3\nexec {pg_bin_dir()}/pg_ctl -D "$PGDATA" -l {log} -o "-p $PGPORT" -w start\n')
+    slow.write_text(
+        f'#!/bin/sh\nsleep 3\nexec {rig.cluster.bin_dir}/pg_ctl -D "$PGDATA" -l {log} -o "-p $PGPORT" -w start\n'
+    )
     slow.chmod(0o755)
     rig.configure(start_script=str(slow))
     first = rig.start()
@@ -391,7 +328,7 @@ def test_a_crash_during_the_wait_after_a_start_is_repaired_at_once(rig: Rig, tru
     script = trusted_dir / "crashy-start.sh"
     script.write_text(
         f"#!/bin/sh\nold=$(head -1 {pid_file})\n"
-        f'{pg_bin_dir()}/pg_ctl -D "$PGDATA" -l {log} -o "-p $PGPORT" -W start || exit 1\n'
+        f'{rig.cluster.bin_dir}/pg_ctl -D "$PGDATA" -l {log} -o "-p $PGPORT" -W start || exit 1\n'
         f"[ -e {mark} ] && exit 0\ntouch {mark}\n"
         f'pid="$old"; while [ "$pid" = "$old" ] || [ -z "$pid" ]; do sleep 0.005; pid=$(head -1 {pid_file}); done\n'
         'kill -STOP "$pid"\n(sleep 0.5; kill -9 "$pid") >/dev/null 2>&1 &\n'

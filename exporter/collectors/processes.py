@@ -6,6 +6,7 @@ from collections import defaultdict
 from typing import Any
 
 from pgmedic.titles import COMMON_BACKEND_TYPES
+from pgmedic.workers import NAMES as WORKERS
 
 from ..context import ScrapeContext
 from ..metrics import MetricSet
@@ -37,7 +38,7 @@ def collect(ctx: ScrapeContext, out: MetricSet) -> None:
             largest = p.anon
 
     children = {kind: row[0] for kind, row in per_type.items() if kind != "postmaster"}
-    for kind in sorted(set(COMMON_BACKEND_TYPES) | set(children)):
+    for kind in sorted({*COMMON_BACKEND_TYPES, *WORKERS} | set(children)):
         out.add("pg_processes", ctx.with_labels(backend_type=kind), children.get(kind, 0))
     out.add("pg_client_connections", ctx.labels, children.get("client_backend", 0))
 

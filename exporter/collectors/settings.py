@@ -6,7 +6,7 @@ from ..context import CollectorFailed, ScrapeContext
 from ..metrics import MetricSet
 
 NAME = "settings"
-NUMBERS = ("max_connections", "superuser_reserved_connections", "reserved_connections")
+NUMBERS = ("max_connections", "superuser_reserved_connections", "reserved_connections", "io_workers")
 BYTES = ("work_mem", "maintenance_work_mem", "temp_buffers", "shared_buffers")
 
 

@@ -1,45 +1,19 @@
-"""Is every background worker this instance should run actually running?
+"""Is every background worker this instance should run actually running, and as many as configured?
 
-Which workers to expect depends on the version and the settings (from this scrape's SQL visit or
-the last one; without either, only the workers every configuration runs). A worker that is not
-expected is never reported, so a 0 always means "missing".
+Which workers to expect comes from `pgmedic.workers` (by major version, role and settings from this
+scrape's SQL visit or the last one; without either, only the workers every configuration runs). A
+worker that is not expected is never reported, so a 0 always means "missing" (or fewer than
+configured: io workers are counted against ``io_workers``).
 """
 
 from __future__ import annotations
 
-from pgmedic.titles import WORKERS
+from pgmedic import workers
 
 from ..context import ScrapeContext
 from ..metrics import MetricSet
-from ..sqlview import SqlFacts
 
 NAME = "workers"
-
-
-def expected_workers(version_num: int | None, facts: SqlFacts | None, standby: bool) -> set[str]:
-    """The workers PostgreSQL VERSION_NUM runs with these settings; settings-dependent ones only when known."""
-    expected = {"checkpointer", "background_writer"}
-    if standby:
-        expected.add("startup")
-    else:
-        expected.add("walwriter")
-        if version_num is not None and version_num < 150000:
-            expected.add("stats_collector")
-    if facts is None:
-        return expected
-    if facts.setting_on("logging_collector"):
-        expected.add("logger")
-    if not standby and facts.setting_on("autovacuum"):
-        expected.add("autovacuum_launcher")
-    archive_mode = facts.setting("archive_mode")
-    if archive_mode == "always" or (archive_mode == "on" and not standby):
-        expected.add("archiver")
-    lr_workers = facts.setting_number("max_logical_replication_workers")
-    if not standby and version_num and version_num >= 100000 and lr_workers:
-        expected.add("logical_replication_launcher")
-    if standby and facts.setting("primary_conninfo"):
-        expected.add("walreceiver")
-    return expected
 
 
 def collect(ctx: ScrapeContext, out: MetricSet) -> None:
@@ -49,15 +23,23 @@ def collect(ctx: ScrapeContext, out: MetricSet) -> None:
         (ctx.pid_file is not None and ctx.pid_file.status == "standby")
         or (facts is not None and facts.in_recovery and ctx.pid_file and ctx.pid_file.status != "starting")
     )
-    expected = expected_workers(ctx.version_num, facts, standby)
+    version_num = ctx.version_num
+    expected = workers.expected(
+        version_num // 10000 if version_num else None, standby, facts.settings if facts is not None else None
+    )
     started: dict[str, float] = {}
+    running: dict[str, int] = {}
     for s in ctx.processes or []:
-        if s.backend_type in expected:
-            started[s.backend_type] = min(started.get(s.backend_type, s.start_time), s.start_time)
-    for worker in WORKERS:
+        kind = s.backend_type
+        if kind in expected:
+            started[kind] = min(started.get(kind, s.start_time), s.start_time)
+            running[kind] = running.get(kind, 0) + 1
+    for worker in workers.NAMES:
         if worker not in expected:
             continue
         labels = ctx.with_labels(worker=worker)
-        out.add("pg_background_worker_up", labels, 1 if worker in started else 0)
+        out.add("pg_background_worker_up", labels, 1 if running.get(worker, 0) >= expected[worker] else 0)
+        out.add("pg_background_worker_processes", labels, running.get(worker, 0))
+        out.add("pg_background_worker_expected_processes", labels, expected[worker])
         if worker in started:
             out.add("pg_background_worker_start_time_seconds", labels, started[worker])

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from .. import procfs
+from . import pgversions
 
 PG_BIN_CANDIDATES = [f"/usr/lib/postgresql/{v}/bin" for v in (17, 16, 15, 14, 13)]
 INSTALL_HINT = "install the PostgreSQL server: apt-get install -y postgresql (or run `make test`, which does it)"
@@ -92,6 +93,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def major_of(data: Path) -> int:
+    return int((data / "PG_VERSION").read_text().strip())
+
+
+def bin_dir_for(data: Path) -> str:
+    """The server binaries of DATA's major version (from PG_VERSION)."""
+    return pgversions.bin_dir(major_of(data))
+
+
 def make_temp_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
@@ -99,11 +109,13 @@ def make_temp_dir(prefix: str) -> Path:
     return path
 
 
-def make_template(base: Path) -> Path:
-    """initdb once: trust auth on the socket and loopback (test clusters only)."""
+def make_template(base: Path, major: int | None = None) -> Path:
+    """initdb once (PostgreSQL MAJOR, the distribution's by default): trust auth on the socket and
+    loopback (test clusters only)."""
     data = base / "template"
+    bin_dir = pgversions.bin_dir(major) if major else pg_bin_dir()
     subprocess.run(
-        as_owner([os.path.join(pg_bin_dir(), "initdb"), "-D", str(data), "-A", "trust", "-U", owner(), "--no-sync"]),
+        as_owner([os.path.join(bin_dir, "initdb"), "-D", str(data), "-A", "trust", "-U", owner(), "--no-sync"]),
         check=True,
         capture_output=True,
         timeout=120,
@@ -128,6 +140,7 @@ class Cluster:
     socket_dir: Path
     state_dir: Path
     config_path: Path
+    bin_dir: str
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ---- config --------------------------------------------------------------------------------
@@ -137,7 +150,7 @@ class Cluster:
             "instancename": owner(),
             "database": "postgres",
             "data_directory": str(self.data),
-            "bin_dir": pg_bin_dir(),
+            "bin_dir": self.bin_dir,
             "port": self.port,
             "host": str(self.socket_dir),
             "start_timeout": "30s",
@@ -154,7 +167,7 @@ class Cluster:
     # ---- server --------------------------------------------------------------------------------
     def pg_ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            as_owner([os.path.join(pg_bin_dir(), "pg_ctl"), "-D", str(self.data), *args]),
+            as_owner([os.path.join(self.bin_dir, "pg_ctl"), "-D", str(self.data), *args]),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -173,6 +186,14 @@ class Cluster:
         except OSError:
             return ""
 
+    def configure(self, **settings: str | int) -> None:
+        """Append SETTINGS to postgresql.conf (the last line wins): for a restart or a reload to apply."""
+        with open(self.data / "postgresql.conf", "a") as f:
+            f.writelines(f"{key} = '{value}'\n" for key, value in settings.items())
+
+    def reload(self) -> None:
+        self.pg_ctl("reload")
+
     def postmaster_pid(self) -> int:
         return int((self.data / "postmaster.pid").read_text().split("\n")[0])
 
@@ -180,7 +201,7 @@ class Cluster:
         result = subprocess.run(
             as_owner(
                 [
-                    os.path.join(pg_bin_dir(), "psql"),
+                    os.path.join(self.bin_dir, "psql"),
                     "-X",
                     "-A",
                     "-t",
@@ -254,10 +275,9 @@ def new_cluster(template: Path, name: str = "main", start: bool = True) -> Clust
     socket_dir = root / "sock"
     socket_dir.mkdir()
     chown_owner(socket_dir)
-    with open(data / "postgresql.conf", "a") as f:
-        f.write(f"unix_socket_directories = '{socket_dir}'\ncluster_name = '{name}'\n")
     state = root / "state"
-    cluster = Cluster(name, root, data, free_port(), socket_dir, state, root / "pgmedic.yaml")
+    cluster = Cluster(name, root, data, free_port(), socket_dir, state, root / "pgmedic.yaml", bin_dir_for(data))
+    cluster.configure(unix_socket_directories=str(socket_dir), cluster_name=name)
     cluster.write_config()
     if start:
         try:
@@ -266,6 +286,38 @@ def new_cluster(template: Path, name: str = "main", start: bool = True) -> Clust
             cluster.destroy()
             raise
     return cluster
+
+
+def new_standby(primary: Cluster, name: str = "standby", **settings: str | int) -> Cluster:
+    """A streaming standby of PRIMARY, started with SETTINGS; destroyed like a cluster.
+
+    Not `pg_basebackup -R`: its primary_conninfo lists every option of its own libpq, which an older
+    libpq.so that a server build may load for its walreceiver refuses ("sslnegotiation").
+    """
+    root = make_temp_dir(f"pgmedic-{name}-")
+    data = root / "data"
+    socket_dir = root / "sock"
+    socket_dir.mkdir()
+    chown_owner(socket_dir)
+    chown_owner(root)
+    standby = Cluster(name, root, data, free_port(), socket_dir, root / "state", root / "pgmedic.yaml", primary.bin_dir)
+    try:
+        argv = [os.path.join(primary.bin_dir, "pg_basebackup"), "-D", str(data), "-c", "fast", "-X", "stream",
+                "-h", str(primary.socket_dir), "-p", str(primary.port), "-U", owner()]  # fmt: skip
+        subprocess.run(as_owner(argv), check=True, capture_output=True, timeout=120)
+        conninfo = f"host={primary.socket_dir} port={primary.port} user={owner()} dbname=postgres"
+        (data / "standby.signal").touch()
+        chown_owner(data / "standby.signal")
+        standby.configure(
+            unix_socket_directories=str(socket_dir), cluster_name=name, port=standby.port,
+            primary_conninfo=conninfo, **settings,
+        )  # fmt: skip
+        standby.write_config()
+        standby.start()
+    except BaseException:
+        standby.destroy()
+        raise
+    return standby
 
 
 def write_config(path: Path, clusters: list[Cluster], state_dir: Path, **top: Any) -> Path:

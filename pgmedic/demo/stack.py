@@ -182,6 +182,7 @@ def build_stack(
     prometheus_overrides: dict[str, Any] | None = None,
     extra_instances: dict[str, str] | None = None,
     more_instances: dict[str, dict[str, Any]] | None = None,
+    major: int | None = None,
 ) -> Stack:
     """Start the chain; on any failure everything already started is torn down again.
 
@@ -189,7 +190,8 @@ def build_stack(
     adds clusters served by the same exporter, Prometheus and Alertmanager whose alerts go to that
     URL instead (bench/mttr.py's naive chain). MORE_INSTANCES ({name: instance attributes}) adds
     clusters served by the shipped chain with settings of their own (bench/mttr.py's fast-path
-    chain). PROMETHEUS_OVERRIDES is merged into the global section (the fast profile).
+    chain). PROMETHEUS_OVERRIDES is merged into the global section (the fast profile). MAJOR picks the
+    PostgreSQL version (the distribution's by default; see pgmedic.demo.pgversions).
     """
     missing = missing_tools()
     if missing:
@@ -198,7 +200,7 @@ def build_stack(
     clusters: dict[str, Cluster] = {}
     stack = None
     try:
-        template = make_template(root / "template-base")
+        template = make_template(root / "template-base", major)
         for cluster_name in (name, *(extra_instances or {}), *(more_instances or {})):
             cluster = clusters[cluster_name] = new_cluster(template, cluster_name)
             own = (more_instances or {}).get(cluster_name, {})

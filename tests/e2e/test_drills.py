@@ -21,12 +21,12 @@ from tests.ksys_sink import KsysSink
 
 
 @pytest.fixture
-def make_stack() -> Iterator[Callable[..., Stack]]:
+def make_stack(pg_major: int) -> Iterator[Callable[..., Stack]]:
     assert not missing_tools(), f"missing {missing_tools()}: apt-get install -y prometheus prometheus-alertmanager"
     stacks: list[Stack] = []
 
     def factory(**kwargs) -> Stack:
-        stack = build_stack("e2e", **kwargs)
+        stack = build_stack("e2e", major=pg_major, **kwargs)
         stacks.append(stack)
         return stack
 
@@ -45,6 +45,7 @@ def notifications(stack: Stack) -> Counter:
     return Counter(e["result"] for e in stack.events() if e["kind"] == "notification")
 
 
+@pytest.mark.pg(15, 18)  # drills of the version matrix: the distribution's 15 and the newest, 18
 def test_kill9_recovered_with_one_restart(make_stack) -> None:
     stack = make_stack()
     old = stack.cluster.postmaster_pid()
@@ -100,6 +101,7 @@ def _accepting_anew(stack: Stack, old_pid: int) -> bool:
         return False
 
 
+@pytest.mark.pg(15, 18)  # drills of the version matrix: the distribution's 15 and the newest, 18
 def test_sigstop_restarted_through_stop_escalation(make_stack) -> None:
     stack = make_stack()
     _t0, stopped, ok = run_drill(stack, "sigstop")
@@ -114,6 +116,7 @@ def test_sigstop_restarted_through_stop_escalation(make_stack) -> None:
     assert notified and notified[0]["alertname"] == "PostgresNotResponding"
 
 
+@pytest.mark.pg(15, 18)  # drills of the version matrix: the distribution's 15 and the newest, 18
 def test_killed_worker_is_repaired_by_postgresql_not_pgmedic(make_stack) -> None:
     """The runbook: PostgreSQL re-forks its workers itself, PostgresCrashRestarted informs, no restart."""
     stack = make_stack()
@@ -128,6 +131,7 @@ def test_killed_worker_is_repaired_by_postgresql_not_pgmedic(make_stack) -> None
     assert up and up[0]["value"][1] == "1"
 
 
+@pytest.mark.pg(15, 18)  # drills of the version matrix: the distribution's 15 and the newest, 18
 def test_exhausted_connections_alert_without_restart(make_stack) -> None:
     stack = make_stack()
     pid = stack.cluster.postmaster_pid()

@@ -1,0 +1,144 @@
+"""Why a start failed, in the server's own words, and the class of the failure that decisions read.
+
+``pg_ctl start`` only says "could not start server; Examine the log output". The reason is in the
+server log: the ``-l`` file pg_ctl hands the postmaster's stderr to (everything before the logging
+collector runs, which covers bind, lock-file and configuration errors) and, once it runs, the
+collector's current file (named by ``current_logfiles``). `LogMark` remembers where both ended before
+the start; `reasons` reads only what was written since, bounded, and keeps the FATAL and PANIC lines
+plus the LOG lines that carry the real cause of a generic FATAL ("could not bind …: Address already in
+use" before "could not create any TCP/IP sockets").
+
+The log files belong to the instance's owner, and pgmedic may be root: they are opened without
+following symlinks and read only if they are regular files owned by the data directory's owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+
+from .text import CONTROL_RE
+
+
+class Failure(enum.StrEnum):
+    """The class of a failed start (a field of its journal event, a label of pgmedic_actions_total)."""
+
+    NONE = "none"  # not a failure
+    PORT_IN_USE = "port_in_use"
+    PID_FILE_CONFLICT = "pid_file_conflict"  # another (or an old) server holds the data directory
+    DATA_DIRECTORY_MISSING = "data_directory_missing"
+    PERMISSION_DENIED = "permission_denied"
+    CONFIG_ERROR = "config_error"
+    TIMEOUT = "timeout"
+    OTHER = "other"
+
+
+# Failures a retry cannot cure: no restart budget is spent on them, the episode fails at once.
+NOT_RETRIED = frozenset({Failure.DATA_DIRECTORY_MISSING, Failure.PERMISSION_DENIED, Failure.CONFIG_ERROR})
+
+# First match wins, over the reasons and pg_ctl's output together.
+_CLASSES: tuple[tuple[Failure, re.Pattern[str]], ...] = tuple(
+    (failure, re.compile(pattern, re.IGNORECASE))
+    for failure, pattern in (
+        (Failure.DATA_DIRECTORY_MISSING, r'data directory "[^"]*" does not exist|directory "[^"]*" does not exist'
+         r"|is not a database cluster directory|could not find the database system|no PG_VERSION"),
+        (Failure.PERMISSION_DENIED, r"has invalid permissions|has wrong ownership|permission denied"),
+        (Failure.PID_FILE_CONFLICT, r'lock file "postmaster\.pid" already exists|pre-existing shared memory block'
+         r"|postmaster\.pid names pid|is another postmaster \(PID \d+\) running in data directory"),
+        (Failure.PORT_IN_USE, r"address already in use|could not create any TCP/IP sockets"
+         r'|lock file "[^"]*\.s\.PGSQL\.\d+\.lock" already exists'),
+        (Failure.CONFIG_ERROR, r"configuration file .* contains errors|invalid value for parameter"
+         r"|unrecognized configuration parameter|syntax error in file|could not load library"
+         r"|parameter \"[^\"]*\" cannot be|invalid configuration|must be (less|greater) than|exceeds"),
+        (Failure.TIMEOUT, r"server did not start in time|timed out"),
+    )
+)  # fmt: skip
+
+_SEVERITY = re.compile(r"\b(FATAL|PANIC|LOG|ERROR):\s+(.*)$")
+_CAUSES = re.compile(r"could not bind|syntax error in file|invalid value for parameter|unrecognized configuration")
+READ_LIMIT = 65_536  # bytes of new log read per file
+REASONS_KEPT = 3
+REASON_CHARS = 300
+
+
+def one_line(text: str) -> str:
+    """TEXT with control characters blanked, cut to REASON_CHARS: a log line may hold anything."""
+    text = CONTROL_RE.sub(" ", text)
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
+
+
+def classify(texts: list[str]) -> Failure:
+    joined = "\n".join(texts)
+    for failure, pattern in _CLASSES:
+        if pattern.search(joined):
+            return failure
+    return Failure.OTHER
+
+
+@dataclass
+class LogMark:
+    """Where the server's log files ended before a start."""
+
+    data_directory: str
+    stderr_file: str
+    owner_uid: int | None
+    ends: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def take(cls, data_directory: str, stderr_file: str) -> LogMark:
+        try:
+            uid: int | None = os.stat(data_directory).st_uid
+        except OSError:
+            uid = None
+        mark = cls(data_directory, stderr_file, uid)
+        for path in mark.files():
+            mark.ends[path] = _size(path)
+        return mark
+
+    def files(self) -> list[str]:
+        """The -l file and the logging collector's current file(s), as they are now."""
+        out = [self.stderr_file]
+        text = self._read(os.path.join(self.data_directory, "current_logfiles"), 0, 4096)
+        for line in text.splitlines():
+            _, _, rel = line.partition(" ")
+            if rel and "\0" not in rel:
+                path = rel if os.path.isabs(rel) else os.path.join(self.data_directory, rel)
+                out.append(path)
+        return list(dict.fromkeys(out))
+
+    def reasons(self) -> list[str]:
+        """The FATAL/PANIC lines (and their causes) written since the mark, one line each, bounded."""
+        found: list[str] = []
+        for path in self.files():
+            for line in self._read(path, self.ends.get(path, 0), READ_LIMIT).splitlines():
+                match = _SEVERITY.search(line)
+                if match and (match.group(1) in ("FATAL", "PANIC") or _CAUSES.search(match.group(2))):
+                    found.append(one_line(f"{match.group(1)}: {match.group(2).strip()}"))
+        # The last ones matter (an earlier failed attempt may share the file); duplicates say nothing new.
+        return list(dict.fromkeys(found))[-REASONS_KEPT:]
+
+    def _read(self, path: str, start: int, limit: int) -> str:
+        """Up to LIMIT bytes of PATH from START (or its last LIMIT bytes if it shrank or grew more):
+        only a regular file of the owner, never through a symlink."""
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode) or (self.owner_uid is not None and st.st_uid != self.owner_uid):
+                    return ""
+                if start > st.st_size:
+                    start = 0  # rotated or truncated: all of it is new
+                f.seek(max(start, st.st_size - limit))
+                return f.read(limit).decode("utf-8", errors="replace")
+        return ""
+
+
+def _size(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
