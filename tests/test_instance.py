@@ -279,13 +279,19 @@ def test_cli_entry_point_help() -> None:
     assert out.returncode == 0 and "monitor" in out.stdout
 
 
-def test_monitor_says_full_when_ordinary_clients_are_refused(cluster: Cluster) -> None:
+def test_monitor_says_full_when_ordinary_clients_are_refused(cluster: Cluster, pg_major: int) -> None:
     """Every non-reserved slot taken: pgmedic's own superuser connection still works, but the server is
-    full for clients, and the monitor says so (exit 1), never "healthy"."""
+    full for clients, and the monitor says so (exit 1), never "healthy". From 16, reserved_connections
+    (5 here) counts too."""
     import psycopg
 
+    reserved = 5 if pg_major >= 16 else 0
+    if reserved:
+        cluster.pg_ctl("stop", "-m", "fast")
+        cluster.configure(reserved_connections=reserved)
+        cluster.start()
     cluster.psql("CREATE ROLE app LOGIN")
-    usable = int(cluster.psql("SELECT current_setting('max_connections')::int - 3"))
+    usable = int(cluster.psql(f"SELECT current_setting('max_connections')::int - 3 - {reserved}"))
     dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user=app"
     clients = [psycopg.connect(dsn) for _ in range(usable)]
     try:
