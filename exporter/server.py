@@ -20,8 +20,9 @@ from prometheus_client.exposition import choose_encoder
 
 from pgmedic import __version__
 from pgmedic.config import Config, listen_address
-from pgmedic.httpserver import server_limits
+from pgmedic.httpserver import Server, stop_on_signals
 from pgmedic.reload import ConfigStatus, Reloader, restart_only_changes
+from pgmedic.webconfig import WebState, protect
 
 from .scraper import Exporter
 
@@ -55,11 +56,14 @@ class Live:
 
     status: ConfigStatus
     exporter: Exporter
+    web: WebState | None = None
 
     def reload(self, config: Config) -> None:
         for setting in restart_only_changes(self.status.config, config):
             log.warning("%s changed: it takes effect at the next restart of the exporter", setting)
         self.exporter = self.exporter.reconfigured(config)
+        if self.web is not None:
+            self.web.reload()
 
 
 def create_app(
@@ -102,26 +106,21 @@ def create_app(
     return app
 
 
-def serve(config: Config, listen: str | None = None) -> int:
-    import waitress
-
+def serve(config: Config, listen: str | None = None, web_config_file: str | None = None) -> int:
     host, port = listen_address(config.path, "exporter.listen", listen, config.exporter.listen)
-    log.warning("pgmedic exporter on http://%s:%d/metrics for %d instance(s)", host, port, len(config.instances))
-    live = Live(ConfigStatus(config), Exporter(config))
+    web = WebState(web_config_file or config.exporter.web_config_file)
+    live = Live(ConfigStatus(config), Exporter(config), web)
+    app = protect(create_app(config, live=live), web.current, exempt=lambda _environ: False)
+    server = Server(app, host, port, web, threads=4, ident="pgmedic-exporter", max_body=0)  # GET: no bodies
     stop = threading.Event()
+    stop_on_signals(server)
     Reloader(live.status, live.reload, "exporter").install(stop)
-    # poll(), not select(): the exporter keeps three /proc descriptors per backend open, so with
-    # hundreds of backends its sockets get descriptor numbers beyond select()'s limit of 1024.
+    log.warning(
+        "pgmedic exporter on %s://%s:%d/metrics for %d instance(s)", server.scheme, host, port, len(config.instances)
+    )
     try:
-        waitress.serve(
-            create_app(config, live=live),
-            host=host,
-            port=port,
-            threads=4,
-            ident="pgmedic-exporter",
-            _quiet=True,
-            **server_limits(max_body=0),  # GET only: no request has a body
-        )
+        server.run()
     finally:
         stop.set()
+        server.close()
     return 0

@@ -39,6 +39,7 @@ from .text import control_character, shown
 CLASSES = ("instance", "app", "application")
 EXIT_USAGE = 2
 EXIT_FAILED = 5
+WEB_CONFIG_HELP = "TLS and basic auth, exporter-toolkit format (default from config: web_config_file)"
 ACTION_LOCK_WAIT = 10.0  # seconds a CLI start/stop waits for a remediation in progress
 
 
@@ -89,8 +90,10 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("words", nargs="+", metavar="[instance] NAME")
     s = sub.add_parser("exporter", help="serve Prometheus metrics for every configured instance")
     s.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:9188)")
+    s.add_argument("--web.config.file", dest="web_config_file", help=WEB_CONFIG_HELP)
     s = sub.add_parser("remediator", help="serve the Alertmanager webhook that repairs instances")
     s.add_argument("--listen", help="HOST:PORT (default from config, 127.0.0.1:9189)")
+    s.add_argument("--web.config.file", dest="web_config_file", help=WEB_CONFIG_HELP)
     s = sub.add_parser(
         "assets", help="write the shipped rules, routing, Prometheus flags, runbooks and dashboards to DIR"
     )
@@ -311,13 +314,13 @@ def _action_lock(config: Config, name: str) -> Iterator[bool]:
 def cmd_exporter(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pgmedic.exporter.server import serve
 
-    return int(serve(config, args.listen))
+    return int(serve(config, args.listen, args.web_config_file))
 
 
 def cmd_remediator(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pgmedic.remediator.server import serve
 
-    return int(serve(config, args.listen))
+    return int(serve(config, args.listen, args.web_config_file))
 
 
 def cmd_assets(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:

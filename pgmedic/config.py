@@ -278,6 +278,8 @@ class ExporterConfig:
         _duration, 10.0
     )  # when Prometheus sends no X-Prometheus-Scrape-Timeout-Seconds
     timeout_margin: float = setting(parse_duration, 0.25)
+    # TLS and basic auth (exporter-toolkit format, pgmedic.webconfig); --web.config.file overrides it.
+    web_config_file: str | None = setting(_abs_path, None)
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,8 @@ class RemediatorConfig:
     fast_path: bool = setting(_bool, False)
     # Alertmanager to ask, before a fast-path start, whether a silence covers the instance (maintenance).
     alertmanager_url: str | None = setting(_url, None)
+    # TLS and basic auth for the read side (exporter-toolkit format); the webhook keeps its token.
+    web_config_file: str | None = setting(_abs_path, None)
 
 
 @dataclass(frozen=True)
@@ -455,7 +459,8 @@ def _read_text(path: Path, *, required: bool) -> str | None:
         raise ConfigError(str(path), f"line {line}", f"not UTF-8 (byte 0x{data[exc.start]:02x})") from None
 
 
-def _read_yaml(path: Path, *, required: bool) -> Any:
+def read_yaml_file(path: Path, *, required: bool) -> Any:
+    """PATH parsed by the strict loader (bounded, no aliases, UTF-8); ConfigError in one line."""
     text = _read_text(path, required=required)
     if text is None:
         return None
@@ -474,7 +479,7 @@ def load_config(path: str | None = None, *, required: bool = False) -> Config:
     """Load and validate the whole configuration; a missing main file is an empty one unless required."""
     main = Path(config_path(path))
     # A main file may be absent when the CLI wrote every instance into instances.d/.
-    raw = _read_yaml(main, required=required and not (main.parent / INSTANCES_DIR).is_dir()) or {}
+    raw = read_yaml_file(main, required=required and not (main.parent / INSTANCES_DIR).is_dir()) or {}
     source = str(main)
     if not isinstance(raw, dict):
         raise ConfigError(source, None, "expected a mapping at the top level")
@@ -495,7 +500,7 @@ def load_config(path: str | None = None, *, required: bool = False) -> Config:
                 raise ConfigError(
                     str(file), f"instances.{name}", f"duplicate instance name, also defined in {instances[name].source}"
                 )
-            instances[name] = build_instance(name, _read_yaml(file, required=True), str(file))
+            instances[name] = build_instance(name, read_yaml_file(file, required=True), str(file))
     audit = raw.get("audit_log")
     if audit is not None:
         try:

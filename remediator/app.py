@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_INTERVAL = 3600.0
 EVENTS_PAGE_BYTES = 4 << 20  # one page of /api/v1/events: at most this much event detail (and `limit` rows)
 
+WEBHOOK_PATH = "/api/v1/alerts"  # Alertmanager posts here, with the bearer token
+
 
 @dataclass
 class Remediator:
@@ -107,7 +109,7 @@ def create_app(config: Config, *, start_background: bool = True) -> Flask:
                 response.headers[name] = value
         return response, code
 
-    @app.post("/api/v1/alerts")
+    @app.post(WEBHOOK_PATH)
     def alerts() -> tuple[Response, int]:
         if not authorized(request.headers.get("Authorization"), rem.secret):
             metrics.notifications.labels("rejected").inc()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import signal
 import threading
 
 from pgmedic.config import Config, listen_address
 from pgmedic.deployment import deployment_problems
 from pgmedic.errors import ConfigError
-from pgmedic.httpserver import server_limits
+from pgmedic.httpserver import Server, stop_on_signals
 from pgmedic.reaper import become_subreaper, start_reaper
 from pgmedic.reload import Reloader
+from pgmedic.webconfig import WebState, protect
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(config: Config, listen: str | None = None) -> int:
-    import waitress
-
-    from .app import create_app
+def serve(config: Config, listen: str | None = None, web_config_file: str | None = None) -> int:
+    from .app import WEBHOOK_PATH, create_app
     from .payload import MAX_BODY
 
     host, port = listen_address(config.path, "remediator.listen", listen, config.remediator.listen)
@@ -42,25 +40,24 @@ def serve(config: Config, listen: str | None = None) -> int:
     stop = threading.Event()
     if become_subreaper():
         start_reaper(stop)
+    web = WebState(web_config_file or config.remediator.web_config_file)
     app = create_app(config)
     rem = app.extensions["pgmedic"]
-    server = waitress.create_server(
-        app, host=host, port=port, threads=8, ident="pgmedic-remediator", **server_limits(MAX_BODY)
-    )
+    # Alertmanager's webhook keeps its bearer token; basic auth guards the read side.
+    guarded = protect(app, web.current, exempt=lambda environ: environ.get("PATH_INFO") == WEBHOOK_PATH)
+    server = Server(guarded, host, port, web, threads=8, ident="pgmedic-remediator", max_body=MAX_BODY)
+    stop_on_signals(server)
 
-    def shutdown(signum: int, _frame: object) -> None:
-        log.warning("signal %d: stopping", signum)
-        server.close()
+    def reload(new: Config) -> None:
+        rem.reload(new)
+        web.reload()
 
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-    Reloader(rem.status, rem.reload, "remediator").install(stop)
-    log.warning("pgmedic remediator on http://%s:%d for %d instance(s)", host, port, len(config.instances))
+    Reloader(rem.status, reload, "remediator").install(stop)
+    log.warning("pgmedic remediator on %s://%s:%d for %d instance(s)", server.scheme, host, port, len(config.instances))
     try:
         server.run()
-    except OSError:
-        pass  # closed by the signal handler
     finally:
         stop.set()
         rem.stop()
+        server.close()
     return 0
