@@ -25,6 +25,7 @@ from pgmedic.demo.sandbox import (
     Cluster,
     Service,
     free_port,
+    make_pki,
     pgmedic_service,
     start_service,
     wait_for,
@@ -38,26 +39,9 @@ from tests.harness import TOKEN, alert_payload
 PASSWORD = "scrape-secret"
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by the CA."""
-    d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-            "-days", "2", "-subj", "/CN=pgmedic test CA", cwd=d)  # fmt: skip
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("server2", "subjectAltName=IP:127.0.0.1"),
-                      ("client", "extendedKeyUsage=clientAuth")):  # fmt: skip
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={name}", cwd=d)  # fmt: skip
-        (d / f"{name}.ext").write_text(ext + "\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)  # fmt: skip
-    for key in d.glob("*.key"):
-        key.chmod(0o600)
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def web_config(path: Path, pki: Path, users: dict[str, str] | None = None, **tls: Any) -> Path:

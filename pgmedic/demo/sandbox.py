@@ -87,6 +87,27 @@ def make_trusted_dir(prefix: str) -> Path:
     return path
 
 
+def make_pki(directory: Path) -> Path:
+    """With openssl: a CA, server certificates for 127.0.0.1 (server, server2) and a client certificate
+    (client), each NAME.crt and NAME.key (0600), all signed by ca.crt. For TLS tests and benchmarks."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "2", "-subj", "/CN=pgmedic test CA")  # fmt: skip
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("server2", "subjectAltName=IP:127.0.0.1"),
+                      ("client", "extendedKeyUsage=clientAuth")):  # fmt: skip
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")  # fmt: skip
+        (directory / f"{name}.ext").write_text(ext + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")  # fmt: skip
+    for key in directory.glob("*.key"):
+        key.chmod(0o600)
+    return directory
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -416,3 +437,39 @@ def http(
         return status, json.loads(text)
     except ValueError:
         return status, text
+
+
+def rfc3339(ts: float | None = None) -> str:
+    ts = time.time() if ts is None else ts
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e9):09d}Z"
+
+
+def alert_payload(
+    alertname: str, pg_instance: str | None, *, status: str = "firing", starts_at: str | None = None,
+    fingerprint: str = "f00dfeed", remediation: str = "restart", **labels: str,
+) -> dict[str, Any]:  # fmt: skip
+    """An Alertmanager version 4 webhook payload with one alert (tests and benchmarks post it)."""
+    alert_labels = {"alertname": alertname, "severity": "critical", "remediation": remediation, **labels}
+    if pg_instance is not None:
+        alert_labels["pg_instance"] = pg_instance
+    return {
+        "version": "4",
+        "groupKey": '{}/{remediation="restart"}:' + f'{{alertname="{alertname}"}}',
+        "status": status,
+        "receiver": "pgmedic-remediator",
+        "groupLabels": {"alertname": alertname},
+        "commonLabels": alert_labels,
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093",
+        "alerts": [
+            {
+                "status": status,
+                "labels": alert_labels,
+                "annotations": {"summary": "test"},
+                "startsAt": starts_at or rfc3339(),
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://127.0.0.1:9090/graph",
+                "fingerprint": fingerprint,
+            }
+        ],
+    }
