@@ -51,6 +51,7 @@ def document() -> dict[str, Any]:
                                         "status": {"type": "string"},
                                         "receiver": {"type": "string"},
                                         "groupKey": {"type": "string"},
+                                        "externalURL": {"type": "string"},
                                         "alerts": {"type": "array", "items": {"$ref": "#/components/schemas/Alert"}},
                                     },
                                 }
@@ -75,7 +76,11 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "The journal's events after an id",
                     "parameters": [
-                        {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                        },
                         {"name": "instance", "in": "query", "schema": {"type": "string"}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
                     ],
