@@ -126,6 +126,25 @@ def test_workers_appear_and_go_as_their_settings_say(
     assert all(up == 1 for up, _, _ in workers.values()), workers
     assert set(workers) == expected - gone
 
+    # Restart-only settings: their workers go after a restart with them off.
+    c.pg_ctl("stop", "-m", "fast")
+    off: dict[str, str | int] = {
+        "archive_mode": "off",
+        "max_logical_replication_workers": 0,
+        "logging_collector": "off",
+    }
+    if pg_major >= 18:
+        off["io_method"] = "sync"
+    c.configure(**off)
+    c.start()
+    gone |= {"archiver", "logical_replication_launcher", "logger", "io_worker"}
+    workers = wait_for(
+        lambda: (w := workers_of(scrape(service)[0], "alpha")) and set(w) == expected - gone and w,
+        15,
+        "only the workers the restart-only settings still start",
+    )
+    assert all(up == 1 for up, _, _ in workers.values()), workers
+
 
 def test_standby_workers(make_cluster: Callable[..., Cluster], exporter_for, pg_major: int) -> None:
     """On a streaming standby: startup and walreceiver, no walwriter or autovacuum launcher; from 17 the
