@@ -278,6 +278,7 @@ def test_kill_9_postmaster(cluster: Cluster, exporter_for) -> None:
     assert value(samples, "pg_background_worker_up", pg_instance="main", worker="logger") == 0, "settings remembered"
 
 
+@pytest.mark.one_pg  # the exporter's deadline, not the server's
 def test_sigstop_postmaster_scrapes_stay_within_timeout(cluster: Cluster, exporter_for) -> None:
     service = exporter_for(cluster)
     scrape(service, timeout_header=5)

@@ -96,6 +96,7 @@ def test_a_taken_port_is_explained_by_the_cli_and_the_journal(rig: Rig) -> None:
     assert 'failure="port_in_use"' in metrics and 'result="failed"' in metrics
 
 
+@pytest.mark.pg(15, 18)  # waits out the 10 s leftover bound
 def test_an_old_servers_leftover_holding_the_data_directory_is_the_servers_own_fatal(rig: Rig) -> None:
     """kill -9 of the postmaster while a backend is frozen: the backend keeps the old shared memory, and
     PostgreSQL refuses to start (pgmedic waits for it, bounded, then lets the server say why)."""

@@ -87,6 +87,7 @@ def test_fifty_deliveries_sequential_concurrent_and_two_remediators_one_restart(
     rig.cluster.wait_accepting()
 
 
+@pytest.mark.one_pg  # stop escalation per version: tests/test_instance.py
 def test_sigstop_is_restarted_through_stop_escalation(rig: Rig) -> None:
     rig.configure(stop_timeout="2s")
     rig.start()
@@ -104,6 +105,7 @@ def test_sigstop_is_restarted_through_stop_escalation(rig: Rig) -> None:
     assert rig.cluster.postmaster_pid() != pid
 
 
+@pytest.mark.one_pg  # a start script's failure: the engine's budget
 def test_failing_start_spends_the_budget_then_failed_and_one_escalation(rig: Rig, trusted_dir: Path) -> None:
     broken = trusted_dir / "broken-start.sh"
     broken.write_text("#!/bin/sh\necho 'cannot start: broken on purpose' >&2\nexit 1\n")
@@ -187,6 +189,7 @@ def test_bad_input_gets_the_right_status_and_nothing_runs(rig: Rig, tmp_path: Pa
     assert http("GET", rig.url + "/healthz")[0] == 200
 
 
+@pytest.mark.one_pg  # the engine's crash recovery, not the server's
 def test_remediator_killed_mid_restart_finishes_after_start(rig: Rig, trusted_dir: Path) -> None:
     slow = trusted_dir / "slow-start.sh"  # runs as the instance owner (scripts_run_as: owner)
     log = rig.cluster.root / "slow.log"
@@ -395,6 +398,7 @@ def test_a_still_firing_alert_reopens_an_ended_episode_only_when_the_instance_is
     assert kinds["restart_started"] == 2 and kinds["episode_reopened"] == 1, kinds
 
 
+@pytest.mark.one_pg  # the engine's recovery watch
 def test_a_clean_stop_after_a_recovery_is_not_undone_by_the_recovery_watch(rig: Rig) -> None:
     """The watch reopens an episode only for a crash: an administrator's stop right after a recovery stays."""
     rig.start()
