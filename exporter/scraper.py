@@ -169,8 +169,15 @@ class Exporter:
         out.add("pgmedic_collector_duration_seconds", labels, time.monotonic() - began)
 
     def close(self, keep: list[InstanceScraper] | None = None) -> None:
-        """Stop taking SQL visits (those in flight finish) and close the trackers not in KEEP."""
-        self.executor.shutdown(wait=False)  # visits already queued still run: a kept scraper may share one
+        """Close the trackers not in KEEP, and stop taking SQL visits once no scrape can still need them.
+
+        A reload swaps the exporter while scrapes that began with this one are still running and may
+        yet submit their SQL visit: the executor stays open for the longest scrape deadline (then
+        shuts down; visits already queued still run, and a kept scraper may share one).
+        """
+        grace = threading.Timer(self.config.exporter.default_scrape_timeout + 1.0, self.executor.shutdown, (False,))
+        grace.daemon = True
+        grace.start()
         for scraper in self.scrapers:
             if keep is None or scraper not in keep:
                 with scraper.tracker_lock:
