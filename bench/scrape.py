@@ -17,24 +17,29 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import functools
 import json
 import os
 import shutil
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
 import psycopg
 
 from pgmedic.demo.sandbox import (
+    Cluster,
     Service,
+    as_owner,
     free_port,
     make_pki,
     make_temp_dir,
@@ -47,6 +52,7 @@ from pgmedic.demo.sandbox import (
 )
 
 PEER = "prometheus-postgres-exporter"
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -89,24 +95,94 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of PID, all its threads, in seconds: the sum of their schedstat run times (nanoseconds,
+    where utime + stime count 10 ms ticks)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def reaped_cpu_seconds(pid: int) -> float:
+    """cutime + cstime of PID: the CPU of its children that exited (the postmaster's reaped backends)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / TICKS
+
+
+@dataclass
+class Phase:
+    """One load, one pattern: each exporter's latencies and CPU per scrape."""
+
+    latency: dict[str, list[float]]
+    cpu: dict[str, float]  # exporter process CPU per scrape, seconds
+    pg_cpu: dict[str, float]  # PostgreSQL-side CPU per scrape where attributable, seconds
+
+
+def measure(
+    scrapes: dict[str, Callable[[], float]], pids: dict[str, int], rounds: int, gap: float,
+    pg_side: dict[str, Callable[[], float]],
+) -> Phase:  # fmt: skip
+    """ROUNDS of every scrape, rotating who goes first, GAP seconds idle before each scrape."""
+    for scrape in scrapes.values():  # warm-up
+        for _ in range(3):
+            scrape()
+    names = list(scrapes)
+    latency: dict[str, list[float]] = {name: [] for name in names}
+    cpu = dict.fromkeys(names, 0.0)
+    pg_cpu = dict.fromkeys(names, 0.0)
+    for i in range(rounds):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            if gap:
+                time.sleep(gap)
+            before, pg_before = cpu_seconds(pids[name]), pg_side[name]() if name in pg_side else 0.0
+            latency[name].append(scrapes[name]())
+            time.sleep(0.005)  # let the exporter's and the backend's last accounting land
+            cpu[name] += cpu_seconds(pids[name]) - before
+            if name in pg_side:
+                pg_cpu[name] += pg_side[name]() - pg_before
+    return Phase(latency, {n: c / rounds for n, c in cpu.items()}, {n: c / rounds for n, c in pg_cpu.items()})
+
+
+def peer_backend(cluster: Cluster) -> int | None:
+    """The peer's long-lived backend: the one client backend of the owner that stays."""
+    for pid in cluster.processes():
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith(f"postgres: bench: {owner()} postgres [local]"):
+            return pid
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--rounds", type=int, default=60)
-    parser.add_argument("--loads", default="0,300,1000")
+    parser.add_argument("--loads", default="0,300,1000,pgbench")
     parser.add_argument("--tls", action="store_true", help="also pgmedic with TLS and basic auth")
+    parser.add_argument("--gap", type=float, default=0.2, help="idle seconds before each scrape (realistic)")
+    parser.add_argument("--patterns", default="realistic,back-to-back")
+    parser.add_argument("--shared-buffers", default="128MB")
     args = parser.parse_args()
-    loads = [int(x) for x in args.loads.split(",")]
+    loads = args.loads.split(",")
+    patterns = args.patterns.split(",")
     if not shutil.which(PEER):
         print(f"{PEER} is missing: apt-get install -y {PEER} (or `make bench`)", file=sys.stderr)
         return 1
+    clients_needed = max([int(x) for x in loads if x.isdigit()] or [0])
 
     base = make_temp_dir("pgmedic-bench-")
     template = make_template(base)
     with open(template / "postgresql.conf", "a") as f:
-        f.write(f"max_connections = {max(loads) + 20}\n")
+        # The distribution's defaults where the test template differs, except what the bench needs.
+        f.write(f"max_connections = {clients_needed + 40}\nfsync = on\nsynchronous_commit = on\n"
+                f"full_page_writes = on\nshared_buffers = '{args.shared_buffers}'\nautovacuum_naptime = 60\n")  # fmt: skip
     cluster = new_cluster(template, "bench")
-    services = []
+    services: list[Service] = []
     clients: list[psycopg.Connection] = []
+    bench_load: subprocess.Popen[bytes] | None = None
     try:
         cluster.psql("CREATE ROLE bench LOGIN")
         cfg = write_config(base / "pgmedic.yaml", [cluster], base / "state")
@@ -125,59 +201,86 @@ def main() -> int:
         tls = tls_exporter(base, cfg) if args.tls else None
         if tls:
             services.append(tls[0])
+        scrapes: dict[str, Callable[[], float]] = {
+            "pgmedic": functools.partial(timed_scrape, ours.url),
+            "peer": functools.partial(timed_scrape, peer.url),
+        }
+        pids = {"pgmedic": ours.proc.pid, "peer": peer.proc.pid}
+        if tls:
+            scrapes["pgmedic TLS"] = functools.partial(timed_scrape, tls[0].url, tls[1], tls[2])
+            pids["pgmedic TLS"] = tls[0].proc.pid
         client_dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user=bench"
+        postmaster = cluster.postmaster_pid()
         rows = []
         for load in loads:
-            while len(clients) < load:
-                clients.append(psycopg.connect(client_dsn))
-            scrapes: dict[str, Callable[[], float]] = {
-                "pgmedic": lambda: timed_scrape(ours.url),
-                "peer": lambda: timed_scrape(peer.url),
+            if load == "pgbench":
+                bench_load = start_pgbench(cluster)
+            else:
+                while len(clients) < int(load):
+                    clients.append(psycopg.connect(client_dsn))
+            timed_scrape(peer.url)
+            backend = peer_backend(cluster)
+            pg_side: dict[str, Callable[[], float]] = {
+                # pgmedic's fresh backend exits each scrape: the postmaster reaps it and its CPU lands
+                # in the postmaster's cutime/cstime (nothing else exits here, autovacuum aside).
+                "pgmedic": functools.partial(reaped_cpu_seconds, postmaster),
             }
-            if tls:
-                scrapes["pgmedic TLS"] = functools.partial(timed_scrape, tls[0].url, tls[1], tls[2])
-            for scrape in scrapes.values():  # warm-up
-                for _ in range(3):
-                    scrape()
-            lat: dict[str, list[float]] = {name: [] for name in scrapes}
-            names = list(scrapes)
-            for i in range(args.rounds):
-                for name in names[i % len(names) :] + names[: i % len(names)]:  # rotate who goes first
-                    lat[name].append(scrapes[name]())
-            rss = {"pgmedic": rss_mib(ours.proc.pid), "peer": rss_mib(peer.proc.pid)}
-            rows.append((load, lat, rss))
-        print(
-            f"\nscrape latency, {args.rounds} interleaved scrapes per load; PostgreSQL {cluster.psql('SHOW server_version')}"
-        )
-        print(
-            f"{'clients':>8} | {'pgmedic p50':>11} {'p95':>8} {'RSS':>8} | {'peer p50':>9} {'p95':>8} {'RSS':>8} | {'p50 ratio':>9} {'p95 ratio':>9}"
-        )
-        for load, lat, rss in rows:
-            p50 = {k: statistics.median(v) * 1000 for k, v in lat.items()}
-            p95 = {k: pct(v, 0.95) * 1000 for k, v in lat.items()}
-            print(
-                f"{load:>8} | {p50['pgmedic']:>9.1f}ms {p95['pgmedic']:>6.1f}ms {rss['pgmedic']:>5.1f}MiB | "
-                f"{p50['peer']:>7.1f}ms {p95['peer']:>6.1f}ms {rss['peer']:>5.1f}MiB | "
-                f"{p50['pgmedic'] / p50['peer']:>9.2f} {p95['pgmedic'] / p95['peer']:>9.2f}"
-            )
-        if tls:
-            print("\nwith TLS and basic auth (a new TLS connection per scrape):")
-            for load, lat, _rss in rows:
-                tls_p50 = statistics.median(lat["pgmedic TLS"]) * 1000
-                plain, peer_p50 = statistics.median(lat["pgmedic"]) * 1000, statistics.median(lat["peer"]) * 1000
-                print(
-                    f"{load:>8} | pgmedic TLS p50 {tls_p50:>6.1f}ms | / pgmedic plain {tls_p50 / plain:>5.2f} | "
-                    f"/ peer plain {tls_p50 / peer_p50:>5.2f}"
-                )
-        print("ratio = pgmedic / peer (lower is better for pgmedic); peer =", PEER)
+            if backend:
+                pg_side["peer"] = functools.partial(cpu_seconds, backend)
+            for pattern in patterns:
+                gap = args.gap if pattern == "realistic" else 0.0
+                rows.append((load, pattern, measure(scrapes, pids, args.rounds, gap, pg_side)))
+            if bench_load is not None:
+                bench_load.terminate()
+                bench_load.wait(30)
+                bench_load = None
+        report(rows, cluster, args, tls is not None)
         return 0
     finally:
+        if bench_load is not None:
+            bench_load.kill()
         for c in clients:
             c.close()
         for s in services:
             s.stop()
         cluster.destroy()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def start_pgbench(cluster: Cluster) -> subprocess.Popen[bytes]:
+    """A write load: pgbench -c 8 (TPC-B-like) until terminated."""
+    pgbench = os.path.join(cluster.bin_dir, "pgbench")
+    conn = ["-h", str(cluster.socket_dir), "-p", str(cluster.port), "postgres"]
+    subprocess.run(as_owner([pgbench, "-i", "-q", "-s", "5", *conn]), check=True, capture_output=True, timeout=300)
+    return subprocess.Popen(
+        as_owner([pgbench, "-c", "8", "-j", "2", "-T", "3600", *conn]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def report(rows: list[tuple[str, str, Phase]], cluster: Cluster, args: argparse.Namespace, tls: bool) -> None:
+    version = cluster.psql("SHOW server_version")
+    print(f"\nscrape cost, {args.rounds} interleaved scrapes per load and pattern; PostgreSQL {version}, "
+          f"shared_buffers {args.shared_buffers}, fsync on; realistic = a new connection per scrape after "
+          f"{args.gap:g}s idle; back-to-back = no idle gap")  # fmt: skip
+    print(f"{'load':>8} {'pattern':>12} | {'pgmedic p50':>11} {'p95':>7} {'CPU/scr':>8} {'PG CPU':>7} | "
+          f"{'peer p50':>8} {'p95':>7} {'CPU/scr':>8} {'PG CPU':>7} | {'p50 ratio':>9} {'CPU ratio':>9}")  # fmt: skip
+    for load, pattern, phase in rows:
+        p50 = {k: statistics.median(v) * 1000 for k, v in phase.latency.items()}
+        p95 = {k: pct(v, 0.95) * 1000 for k, v in phase.latency.items()}
+        cpu = {k: v * 1000 for k, v in phase.cpu.items()}
+        pg = {k: v * 1000 for k, v in phase.pg_cpu.items()}
+        print(
+            f"{load:>8} {pattern:>12} | {p50['pgmedic']:>9.2f}ms {p95['pgmedic']:>5.1f}ms {cpu['pgmedic']:>6.2f}ms "
+            f"{pg.get('pgmedic', float('nan')):>5.2f}ms | {p50['peer']:>6.2f}ms {p95['peer']:>5.1f}ms "
+            f"{cpu['peer']:>6.2f}ms {pg.get('peer', float('nan')):>5.2f}ms | "
+            f"{p50['pgmedic'] / p50['peer']:>9.2f} {cpu['pgmedic'] / cpu['peer']:>9.2f}"
+        )
+        if tls:
+            print(f"{'':>21} | pgmedic TLS p50 {p50['pgmedic TLS']:.2f}ms, CPU/scrape {cpu['pgmedic TLS']:.2f}ms")
+    print("ratio = pgmedic / peer (below 1.0: pgmedic is cheaper); CPU/scr = the exporter process's CPU per "
+          "scrape (all threads, schedstat); PG CPU = its backend's (pgmedic: reaped fresh backends; peer: its long-lived one)")  # fmt: skip
 
 
 if __name__ == "__main__":
