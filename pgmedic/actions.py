@@ -68,15 +68,16 @@ def _run_script(instance: Instance, action: str, script: str, timeout: float) ->
     user = instance.config.script_user
     problem = program_problem(script, user)
     if problem:
-        return ActionResult(action, False, problem, code=EXIT_REFUSED)
+        return ActionResult(action, False, problem, code=EXIT_REFUSED, failure=Failure.CONFIG_ERROR)
     try:
         result = run([script], timeout=timeout, env=script_env(instance), user=user)
     except ActionError as exc:
-        return ActionResult(action, False, str(exc), code=EXIT_REFUSED)
+        return ActionResult(action, False, str(exc), code=EXIT_REFUSED, failure=Failure.CONFIG_ERROR)
     code = 1 if result.returncode is None else result.returncode
     return ActionResult(
-        action, result.ok, f"{script}: {result.describe()}", result.duration, [result.describe()], code=code
-    )
+        action, result.ok, f"{script}: {result.describe()}", result.duration, [result.describe()], code=code,
+        failure=Failure.NONE if result.ok else Failure.TIMEOUT if result.timed_out else Failure.OTHER,
+    )  # fmt: skip
 
 
 def _pg_ctl(instance: Instance, args: list[str], timeout: float) -> RunResult:
@@ -111,9 +112,12 @@ def start(instance: Instance) -> ActionResult:
     identity = instance.identify()
     if identity.postmaster is not None:
         pid = identity.postmaster.pid
-        return ActionResult("start", False, f"refused: postmaster {pid} is already running this data directory")
+        return ActionResult(  # someone started it meanwhile: a conflict for the engine, plain words for people
+            "start", False, f"refused: postmaster {pid} is already running this data directory",
+            failure=Failure.PID_FILE_CONFLICT,
+        )  # fmt: skip
     if identity.verdict is Verdict.UNVERIFIABLE:
-        return ActionResult("start", False, f"refused: {identity.reason}", code=EXIT_REFUSED)
+        return ActionResult("start", False, f"refused: {identity.reason}", code=EXIT_REFUSED, failure=Failure.OTHER)
     steps = wait_for_leftovers(instance)
     identity = instance.identify()
     if identity.blocks_start and identity.pid_file is not None:
@@ -272,8 +276,9 @@ def restart(instance: Instance, reason: str = "pgmedic restart") -> ActionResult
     stopped = stop(instance, reason)
     if not stopped.ok:
         return ActionResult(
-            "restart", False, f"stop failed: {stopped.message}", time.monotonic() - began, stopped.steps
-        )
+            "restart", False, f"stop failed: {stopped.message}", time.monotonic() - began, stopped.steps,
+            failure=Failure.OTHER,
+        )  # fmt: skip
     started = start(instance)
     return ActionResult(
         "restart",
@@ -281,6 +286,7 @@ def restart(instance: Instance, reason: str = "pgmedic restart") -> ActionResult
         started.message if started.ok else f"start failed: {started.message}",
         time.monotonic() - began,
         [*stopped.steps, *started.steps],
+        failure=started.failure,
     )
 
 
