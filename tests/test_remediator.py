@@ -295,8 +295,12 @@ def test_ksys_command_notifier_gets_the_event_on_stdin(
     assert lines[0] == runs_as
     event = json.loads(lines[1])
     assert event["event"] == "suspended" and event["instance"] == "main" and event["schema"] == "pgmedic.event/v1"
-    _, metrics = http("GET", service.url + "/metrics")
-    assert 'pgmedic_ksys_notifications_total{result="delivered"} 1.0' in metrics
+    # The command wrote the file before it exited; the delivery is counted once it has.
+    wait_for(
+        lambda: 'pgmedic_ksys_notifications_total{result="delivered"} 1.0' in http("GET", service.url + "/metrics")[1],
+        10,
+        "the delivery counted",
+    )
 
 
 def test_journal_prunes_history_but_never_unfinished_work(tmp_path: Path) -> None:

@@ -245,9 +245,15 @@ def test_prometheus_scrapes_over_tls_with_basic_auth(pki: Path, tmp_path: Path, 
     services.append(prometheus)
 
     def query(expr: str) -> list[dict[str, Any]]:
+        """The result of EXPR; empty while Prometheus still starts (503 until its storage is ready)."""
         url = f"http://127.0.0.1:{prom_port}/api/v1/query?query={urllib.request.quote(expr)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return json.loads(response.read())["data"]["result"]
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.loads(response.read())["data"]["result"]
+        except urllib.error.HTTPError as exc:
+            if exc.code == 503:
+                return []
+            raise
 
     wait_for(lambda: query('pg_up{job="pgmedic",pg_instance="main"} == 1'), 30, "pg_up scraped over TLS")
     assert query('up{job="pgmedic"} == 1')
