@@ -26,10 +26,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import psycopg
 
+from pgmedic.demo.measure import percentile, rss_mib
 from pgmedic.demo.sandbox import (
     Cluster,
     Service,
@@ -44,11 +44,6 @@ from pgmedic.demo.sandbox import (
 )
 
 TOKEN = "bench-token"
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 def timed(call: Callable[..., int], *args: str) -> tuple[float, int]:
@@ -136,7 +131,7 @@ def bench_webhook(rig: Rig, clients: int, seconds: float) -> None:
     journaled = journaled_notifications(remediator.url)
     print(f"webhook: {clients} clients x {seconds:g}s: {len(latencies)} requests, {ok} answered 200, "
           f"{len(errors)} errors {sorted(set(errors))[:3]}")  # fmt: skip
-    print(f"  latency p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {pct(latencies, 0.99) * 1000:.1f} ms, "
+    print(f"  latency p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms, "
           f"max {max(latencies) * 1000:.1f} ms; {ok / seconds:.0f} deliveries/s")  # fmt: skip
     print(
         f"  journaled notifications: {journaled} of {ok} answered 200 ({'nothing lost' if journaled == ok else 'LOST'})"
@@ -212,10 +207,7 @@ def bench_halfopen(rig: Rig, connections: int, seconds: float) -> None:
 
 
 def fds_and_rss(pid: int) -> tuple[int, float]:
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-               if line.startswith("VmRSS:")) / 1024  # fmt: skip
-    return fds, rss
+    return len(os.listdir(f"/proc/{pid}/fd")), rss_mib(pid)
 
 
 def bench_soak(rig: Rig, minutes: float, rate: int) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 import bcrypt
 import psycopg
 
+from pgmedic.demo.measure import percentile
 from pgmedic.demo.sandbox import (
     Cluster,
     Service,
@@ -53,13 +54,6 @@ from pgmedic.demo.sandbox import (
 
 PEER = "prometheus-postgres-exporter"
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def timed_scrape(url: str, context: ssl.SSLContext | None = None, auth: str | None = None) -> float:
@@ -88,11 +82,6 @@ def tls_exporter(base: Path, cfg: Path) -> tuple[Service, ssl.SSLContext, str]:
     service.url = f"https://127.0.0.1:{port}"
     context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     return service, context, "Basic " + base64.b64encode(b"prometheus:bench").decode()
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -268,7 +257,7 @@ def report(rows: list[tuple[str, str, Phase]], cluster: Cluster, args: argparse.
           f"{'peer p50':>8} {'p95':>7} {'CPU/scr':>8} {'PG CPU':>7} | {'p50 ratio':>9} {'CPU ratio':>9}")  # fmt: skip
     for load, pattern, phase in rows:
         p50 = {k: statistics.median(v) * 1000 for k, v in phase.latency.items()}
-        p95 = {k: pct(v, 0.95) * 1000 for k, v in phase.latency.items()}
+        p95 = {k: percentile(v, 0.95) * 1000 for k, v in phase.latency.items()}
         cpu = {k: v * 1000 for k, v in phase.cpu.items()}
         pg = {k: v * 1000 for k, v in phase.pg_cpu.items()}
         print(

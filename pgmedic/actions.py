@@ -131,7 +131,7 @@ def start(instance: Instance) -> ActionResult:
         result.steps[:0] = steps
         result.duration = time.monotonic() - began
         if not result.ok and result.code != EXIT_REFUSED:
-            _explain(result, mark, result.message)
+            _explain(result, mark, "start script failed", result.message)
         return result
     args = ["start", "-w", "-t", str(max(1, int(cfg.start_timeout))), "-l", log_file(instance)]
     if cfg.port:
@@ -144,15 +144,18 @@ def start(instance: Instance) -> ActionResult:
     if ran.ok:
         return ActionResult("start", True, "started", time.monotonic() - began, steps)
     result = ActionResult("start", False, "", time.monotonic() - began, steps)
-    _explain(result, mark, ran.output, timed_out=ran.timed_out, fallback=f"{ran.describe()}; see {log_file(instance)}")
+    fallback = f"{ran.describe()}; see {log_file(instance)}"
+    _explain(result, mark, "pg_ctl start failed", ran.output, timed_out=ran.timed_out, fallback=fallback)
     return result
 
 
-def _explain(result: ActionResult, mark: LogMark, output: str, timed_out: bool = False, fallback: str = "") -> None:
-    """Fill RESULT's failure class and message from the server log lines written since MARK."""
+def _explain(
+    result: ActionResult, mark: LogMark, what: str, output: str, timed_out: bool = False, fallback: str = ""
+) -> None:
+    """Fill RESULT's failure class and message (WHAT failed, and why) from the server log lines written
+    since MARK, else FALLBACK, else the message it has."""
     reasons = mark.reasons()
     result.failure = Failure.TIMEOUT if timed_out else classify([*reasons, output])
-    what = "start script failed" if fallback == "" else "pg_ctl start failed"
     said = "; ".join(reasons) or fallback or result.message
     result.message = f"{what} [{result.failure}]: {said}"
     result.steps.append(f"failure: {result.failure}" + (f": {'; '.join(reasons)}" if reasons else ""))
