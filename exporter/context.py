@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pgmedic.instance import Instance, Postmaster
 from pgmedic.pidfile import PidFile
 
-from .sqlview import SqlFacts
+from .sqlview import Rows, SqlFacts
 from .tracker import ProcessTracker, TrackedProcess
 
 
@@ -35,6 +35,21 @@ class ScrapeContext:
         identity rule could not decide whose process postmaster.pid names."""
         if self.unverifiable:
             raise CollectorFailed(self.unverifiable)
+
+    def require_sql(self, step: str) -> SqlFacts:
+        """This scrape's SQL facts, for collectors that need STEP of sqlview's own parsing to have worked."""
+        if not self.sql.up or step in self.sql.errors:
+            raise CollectorFailed(self.sql.errors.get(step) or self.sql.errors.get("connection", "no connection"))
+        return self.sql
+
+    def rows(self, statement: str) -> Rows:
+        """The rows of a collector's own STATEMENT in this scrape, or CollectorFailed saying why there are none."""
+        result = self.require_sql("connection").results.get(statement)
+        if result is None:
+            raise CollectorFailed(f"no {statement} statement for PostgreSQL {self.sql.version}")
+        if isinstance(result, str):
+            raise CollectorFailed(result)
+        return result
 
     def with_labels(self, **extra: str) -> dict[str, str]:
         return {**self.labels, **extra}

@@ -53,6 +53,22 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         GAUGE,
         "Client backends counted from /proc process titles: visible even when no new connection is possible.",
     ),
+    "pg_filesystem_size_bytes": (
+        GAUGE,
+        "Size of the filesystem holding the data directory, pg_wal (symlink resolved) or a tablespace (statvfs).",
+    ),
+    "pg_filesystem_avail_bytes": (
+        GAUGE,
+        "Bytes PostgreSQL (not root) may still write on that filesystem (statvfs f_bavail; node_exporter's meaning).",
+    ),
+    "pg_filesystem_files": (GAUGE, "Inodes of that filesystem (statvfs f_files)."),
+    "pg_filesystem_files_free": (GAUGE, "Inodes still available to PostgreSQL on that filesystem (statvfs f_favail)."),
+    "pg_wal_size_bytes": (GAUGE, "Size of the files in pg_wal (postgres_exporter's meaning: pg_ls_waldir())."),
+    "pg_wal_segments": (GAUGE, "WAL segment files in pg_wal."),
+    "pg_wal_archive_ready_files": (
+        GAUGE,
+        "Segments waiting for archive_command: pg_wal/archive_status/*.ready (grows while archiving fails or lags).",
+    ),
     # SQL view
     "pg_up": (
         GAUGE,
@@ -85,6 +101,89 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "pg_stat_activity_max_tx_duration_seconds": (
         GAUGE,
         "Age of the oldest open transaction of a client backend by state, from pg_stat_activity.xact_start.",
+    ),
+    "pg_settings_autovacuum_freeze_max_age": (
+        GAUGE,
+        "autovacuum_freeze_max_age: the XID age at which autovacuum forces an anti-wraparound vacuum.",
+    ),
+    "pg_settings_autovacuum_multixact_freeze_max_age": (
+        GAUGE,
+        "autovacuum_multixact_freeze_max_age: the multixact age at which autovacuum forces a vacuum.",
+    ),
+    "pg_database_frozen_xid_age": (GAUGE, "age(datfrozenxid) of the database: transactions since it was last frozen."),
+    "pg_database_min_multixact_age": (GAUGE, "mxid_age(datminmxid) of the database."),
+    "pg_database_wraparound_ratio": (
+        GAUGE,
+        "XID (kind=xid) or multixact (kind=multixact) age as a share of the 2^31 wraparound limit; near 1 the "
+        "server stops assigning IDs.",
+    ),
+    "pg_database_freeze_max_age_ratio": (
+        GAUGE,
+        "The same age as a share of autovacuum_(multixact_)freeze_max_age: above 1, anti-wraparound vacuums run.",
+    ),
+    "pg_stat_archiver_archived_total": (COUNTER, "WAL files archived successfully (pg_stat_archiver.archived_count)."),
+    "pg_stat_archiver_failed_total": (COUNTER, "Failed attempts to archive WAL files (pg_stat_archiver.failed_count)."),
+    "pg_stat_archiver_last_archived_timestamp_seconds": (
+        GAUGE,
+        "Unix time of the last successful archive_command (pg_stat_archiver.last_archived_time).",
+    ),
+    "pg_stat_archiver_last_failed_timestamp_seconds": (
+        GAUGE,
+        "Unix time of the last failed archive_command (pg_stat_archiver.last_failed_time).",
+    ),
+    "pg_stat_archiver_last_archive_age": (
+        GAUGE,
+        "Seconds since the last successful archive (postgres_exporter's pg_stat_archiver_last_archive_age).",
+    ),
+    "pg_stat_bgwriter_checkpoints_timed_total": (
+        COUNTER,
+        "Checkpoints started by checkpoint_timeout (pg_stat_bgwriter, pg_stat_checkpointer.num_timed from 17).",
+    ),
+    "pg_stat_bgwriter_checkpoints_req_total": (
+        COUNTER,
+        "Checkpoints requested: WAL past max_wal_size, or asked for (pg_stat_checkpointer.num_requested from 17).",
+    ),
+    "pg_replication_is_replica": (GAUGE, "1 when the server is in recovery (a standby), from pg_is_in_recovery()."),
+    "pg_replication_lag_seconds": (
+        GAUGE,
+        "On a standby: seconds since the last replayed transaction, 0 when all received WAL is replayed "
+        "(postgres_exporter's meaning).",
+    ),
+    "pg_replication_replay_lag_bytes": (GAUGE, "On a standby: WAL received but not yet replayed, in bytes."),
+    "pg_wal_receiver_up": (GAUGE, "On a standby: 1 when its WAL receiver is streaming from the primary."),
+    "pg_wal_receiver_status": (
+        GAUGE,
+        "On a standby: 1 for the WAL receiver's status (pg_stat_wal_receiver; stopped when none runs).",
+    ),
+    "pg_stat_replication_state": (GAUGE, "Per connected standby: 1 for its WAL sender's state (pg_stat_replication)."),
+    "pg_stat_replication_lag_bytes": (
+        GAUGE,
+        "Per connected standby: bytes between this server's WAL end and what was sent, written, flushed, replayed.",
+    ),
+    "pg_stat_replication_lag_seconds": (
+        GAUGE,
+        "Per connected standby: write, flush and replay lag in seconds (pg_stat_replication; 0 when caught up).",
+    ),
+    "pg_replication_slot_slot_is_active": (
+        GAUGE,
+        "1 when a consumer is attached to the slot (postgres_exporter's name).",
+    ),
+    "pg_replication_slot_retained_wal_bytes": (
+        GAUGE,
+        "WAL the slot keeps from being recycled: this server's WAL position minus the slot's restart_lsn.",
+    ),
+    "pg_replication_slot_wal_status": (
+        GAUGE,
+        "1 for the slot's wal_status: reserved, extended, unreserved (about to be lost) or lost.",
+    ),
+    "pg_replication_slot_safe_wal_size_bytes": (
+        GAUGE,
+        "WAL that can still be written before the slot is lost (max_slot_wal_keep_size set only).",
+    ),
+    "pg_blocked_sessions": (GAUGE, "Sessions waiting for a lock another session holds (pg_blocking_pids)."),
+    "pg_blocked_sessions_max_wait_seconds": (
+        GAUGE,
+        "How long the longest of those sessions has waited for its lock (pg_locks.waitstart), 0 when none waits.",
     ),
     # self
     "pgmedic_collector_success": (GAUGE, "1 when this collector succeeded for this instance in this scrape."),

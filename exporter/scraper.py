@@ -32,6 +32,8 @@ from .tracker import FDS_PER_PROCESS, ProcessTracker
 
 log = logging.getLogger(__name__)
 PENDING = SqlFacts(errors={"connection": "not yet answered"})
+# The collectors' own statements, sent in the same round trip as sqlview's.
+COLLECTOR_STATEMENTS = tuple(s for c in SQL_COLLECTORS for s in getattr(c, "STATEMENTS", ()))
 
 
 class InstanceScraper:
@@ -63,7 +65,7 @@ class InstanceScraper:
 
             def visit() -> SqlFacts:
                 try:
-                    return sqlview.fetch(self.instance.config, pid_file, timeout, own.connected)
+                    return sqlview.fetch(self.instance.config, pid_file, timeout, own.connected, COLLECTOR_STATEMENTS)
                 finally:
                     own.connected(None)  # wakes a waiter even if fetch ended early
 

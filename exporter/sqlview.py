@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from psycopg import pq
@@ -32,6 +32,8 @@ SETTINGS = (
     "temp_buffers",
     "shared_buffers",
     "port",
+    "autovacuum_freeze_max_age",
+    "autovacuum_multixact_freeze_max_age",
     *workers.SETTINGS,
 )
 _UNIT_BYTES = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
@@ -45,7 +47,10 @@ FROM pg_stat_get_activity(NULL)
 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND state IS NOT NULL
 GROUP BY 1, 2
 """
-DATABASES_SQL = "SELECT oid, datname, datallowconn AND NOT datistemplate FROM pg_database"
+# The transaction ID and multixact ages of every database (templates too: wraparound stops them all).
+DATABASES_SQL = (
+    "SELECT oid, datname, datallowconn AND NOT datistemplate, age(datfrozenxid), mxid_age(datminmxid) FROM pg_database"
+)
 # current_setting() is ten times cheaper than the pg_settings view; it renders values with units.
 # missing_ok (true) turns a setting this version lacks into NULL instead of failing the whole query.
 SETTINGS_SQL = (
@@ -53,6 +58,27 @@ SETTINGS_SQL = (
     + ", ".join(f"current_setting('{name}', true)" for name in SETTINGS if name != "primary_conninfo")
 )
 _VALUE = re.compile(r"^(-?\d+(?:\.\d+)?)\s*(B|kB|MB|GB|TB)?$")
+
+
+Rows = list[tuple[str | None, ...]]
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A collector's own statement in the per-scrape pipeline, for server versions SINCE <= v < UNTIL.
+
+    The version table: a collector lists one Statement per version range under the same name (for
+    example the checkpoint counters, in pg_stat_bgwriter before 17 and pg_stat_checkpointer since),
+    and the visit picks those matching the server it reached (libpq knows its version at connect).
+    """
+
+    name: str
+    sql: str
+    since: int = 0
+    until: int = 10**7
+
+    def applies_to(self, version_num: int) -> bool:
+        return self.since <= version_num < self.until
 
 
 @dataclass
@@ -68,7 +94,11 @@ class SqlFacts:
     databases: list[str] = field(default_factory=list)
     activity: list[tuple[str, str, int]] = field(default_factory=list)
     max_tx: dict[str, float] = field(default_factory=dict)
+    # datname -> (age of datfrozenxid, age of datminmxid)
+    database_ages: dict[str, tuple[int, int]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    # The rows (or the error) of each collector's own statements (see Statement), by statement name.
+    results: dict[str, Rows | str] = field(default_factory=dict)
 
     def setting_bytes(self, name: str) -> float | None:
         """A memory setting as rendered by current_setting ("4MB", "16kB") in bytes."""
@@ -88,9 +118,14 @@ class SqlFacts:
 
 
 def fetch(
-    cfg: InstanceConfig, pid_file: PidFile | None, timeout: float, on_connected: Callable[[int | None], None]
+    cfg: InstanceConfig,
+    pid_file: PidFile | None,
+    timeout: float,
+    on_connected: Callable[[int | None], None],
+    extra: Sequence[Statement] = (),
 ) -> SqlFacts:
-    """Connect, then SELECT 1 and every query in one pipelined round trip; never raises.
+    """Connect, then SELECT 1, every query of this module and the EXTRA statements (those for this
+    server's version) in one pipelined round trip; never raises.
 
     ON_CONNECTED gets this connection's backend pid (None if the connection failed) as soon as the
     attempt ends, so the OS view can leave the exporter's own backend out of its counts.
@@ -104,8 +139,10 @@ def fetch(
         on_connected(None)
         return facts
     on_connected(pgconn.backend_pid)
+    own = [s for s in extra if s.applies_to(pgconn.server_version)]
+    statements = {**STATEMENTS, **{s.name: s.sql for s in own}}
     try:
-        results = dict(zip(STATEMENTS, run_isolated(pgconn, list(STATEMENTS.values()), deadline), strict=True))
+        results = dict(zip(statements, run_isolated(pgconn, list(statements.values()), deadline), strict=True))
     except Exception as exc:  # the connection itself failed (or the deadline passed)
         facts.errors["connection"] = first_line(exc)
         return facts
@@ -115,12 +152,12 @@ def fetch(
         facts.errors["connection"] = results["connection"]
         return facts
     facts.up = True
+    facts.results = {s.name: results[s.name] for s in own}
     _step(facts, "settings", lambda: _settings(facts, results["settings"], results["primary_conninfo"]))
     _step(facts, "activity", lambda: _activity(facts, results["databases"], results["activity"]))
     return facts
 
 
-Rows = list[tuple[str | None, ...]]
 STATEMENTS = {
     "connection": "SELECT 1",
     "settings": SETTINGS_SQL,
@@ -193,10 +230,11 @@ def _settings(facts: SqlFacts, result: Rows | str, primary_conninfo: Rows | str)
 
 def _activity(facts: SqlFacts, databases: Rows | str, activity: Rows | str) -> None:
     names: dict[str | None, str] = {}
-    for oid, datname, connectable in _rows(databases):
+    for oid, datname, connectable, xid_age, mxid_age in _rows(databases):
         names[oid] = datname or ""
         if connectable == "t":
             facts.databases.append(datname or "")
+        facts.database_ages[datname or ""] = (int(xid_age or 0), int(mxid_age or 0))
     facts.databases.sort()
     for datid, state, count, oldest in _rows(activity):
         facts.activity.append((names.get(datid, ""), state or "", int(count or 0)))

@@ -264,6 +264,252 @@ def memory() -> list:
     ]
 
 
+def disk_and_wal() -> list:
+    place = "{{pg_instance}} {{holds}} {{path}}"
+    return [
+        panel(
+            timeseries.Panel,
+            "Free space",
+            "Share of each filesystem PostgreSQL may still write: the data directory, pg_wal's real location and "
+            "every tablespace (statvfs, so shown while the server is down). Below 10 %: PostgresFilesystemSpaceLow; a "
+            "full WAL filesystem stops the server and keeps it down.",
+            [query(f"pgmedic:pg_filesystem_avail:ratio{{{PG}}}", place)],
+            "percentunit",
+            8,
+        )
+        .min(0)
+        .max(1)
+        .thresholds(thresholds((None, "red"), (0.1, "orange"), (0.2, "green"))),
+        panel(
+            timeseries.Panel,
+            "Free space in one hour (trend)",
+            "Free bytes an hour from now at the rate of the last 30 minutes (predict_linear). Below zero: "
+            "PostgresFilesystemFullWithinAnHour; find the writer before it is full.",
+            [query(f"predict_linear(pg_filesystem_avail_bytes{{{PG}}}[30m], 3600)", place)],
+            "bytes",
+            8,
+        ).thresholds(thresholds((None, "red"), (0, "green"))),
+        panel(
+            timeseries.Panel,
+            "Free inodes",
+            "Share of inodes left on each filesystem. Every WAL segment, relation segment and temporary file "
+            "needs one: none left means no new files although space remains.",
+            [query(f"pg_filesystem_files_free{{{PG}}} / pg_filesystem_files{{{PG}}}", place)],
+            "percentunit",
+            8,
+        )
+        .min(0)
+        .max(1)
+        .thresholds(thresholds((None, "red"), (0.1, "green"))),
+        panel(
+            timeseries.Panel,
+            "WAL in pg_wal",
+            "Bytes of WAL PostgreSQL keeps in pg_wal (from the directory, not SQL). Growing without bound: a failing "
+            "archive_command or an inactive replication slot holds it; see the rows below.",
+            [query(f"pg_wal_size_bytes{{{PG}}}", "{{pg_instance}}")],
+            "bytes",
+            12,
+        ),
+        panel(
+            timeseries.Panel,
+            "Segments waiting for the archiver",
+            "WAL segments archive_command has not taken yet (pg_wal/archive_status/*.ready). Rising: archiving fails "
+            "or is slower than WAL is written (PostgresWalArchiveBacklog over 32 for 15 min).",
+            [query(f"pg_wal_archive_ready_files{{{PG}}}", "{{pg_instance}}")],
+            "none",
+            12,
+        ).thresholds(thresholds((None, "green"), (32, "orange"))),
+    ]
+
+
+def archiving() -> list:
+    return [
+        panel(
+            timeseries.Panel,
+            "Archive attempts",
+            "Segments archived and failed attempts per interval (pg_stat_archiver). Failures without successes: "
+            "PostgresWalArchivingFailing; the server log shows the command's error.",
+            [
+                query(
+                    f"increase(pg_stat_archiver_archived_total{{{PG}}}[$__rate_interval])", "{{pg_instance}} archived"
+                ),
+                query(
+                    f"increase(pg_stat_archiver_failed_total{{{PG}}}[$__rate_interval])", "{{pg_instance}} failed", "B"
+                ),
+            ],
+            "none",
+            12,
+        ).draw_style(common.GraphDrawStyle.BARS),
+        panel(
+            stat.Panel,
+            "Since the last archived segment",
+            "Time since archive_command last succeeded. On a server that writes WAL, long means archiving is broken "
+            "and point-in-time recovery ends there.",
+            [
+                query(
+                    f"time() - pg_stat_archiver_last_archived_timestamp_seconds{{{PG}}}",
+                    "{{pg_instance}}",
+                    instant=True,
+                )
+            ],
+            "s",
+            6,
+        ).thresholds(thresholds((None, "green"), (3600, "orange"))),
+        panel(
+            stat.Panel,
+            "Since the last failure",
+            "Time since archive_command last failed. More recent than the last success: archiving is failing now.",
+            [
+                query(
+                    f"time() - pg_stat_archiver_last_failed_timestamp_seconds{{{PG}}}", "{{pg_instance}}", instant=True
+                )
+            ],
+            "s",
+            6,
+        ).thresholds(thresholds((None, "red"), (600, "orange"), (3600, "green"))),
+    ]
+
+
+def wraparound() -> list:
+    return [
+        panel(
+            timeseries.Panel,
+            "Wraparound: share of the 2^31 limit",
+            "The oldest database's transaction ID (xid) and multixact age over the wraparound limit. Past 50 %: "
+            "PostgresXidWraparoundRisk, past 80 %: PostgresXidWraparoundImminent; near 100 % writes stop.",
+            [query(f"max by (pg_instance, kind) (pg_database_wraparound_ratio{{{PG}}})", "{{pg_instance}} {{kind}}")],
+            "percentunit",
+            12,
+        ).thresholds(thresholds((None, "green"), (0.5, "orange"), (0.8, "red"))),
+        panel(
+            timeseries.Panel,
+            "Age against autovacuum_freeze_max_age",
+            "The same ages as a share of autovacuum_(multixact_)freeze_max_age. Above 100 % autovacuum runs "
+            "anti-wraparound vacuums; staying above means something holds freezing back (long transaction, slot, "
+            "prepared transaction).",
+            [
+                query(
+                    f"max by (pg_instance, kind) (pg_database_freeze_max_age_ratio{{{PG}}})", "{{pg_instance}} {{kind}}"
+                )
+            ],
+            "percentunit",
+            12,
+        ).thresholds(thresholds((None, "green"), (1, "orange"))),
+    ]
+
+
+def replication() -> list:
+    standby = "{{pg_instance}} → {{application_name}} ({{client_addr}})"
+    return [
+        panel(
+            stat.Panel,
+            "Role",
+            "Primary, or standby (in recovery), as pg_is_in_recovery() says.",
+            [query(f"pg_replication_is_replica{{{PG}}}", "{{pg_instance}}", instant=True)],
+            "none",
+            4,
+        ).mappings(mapping(**{"1": ("standby", "blue"), "0": ("primary", "green")})),
+        panel(
+            statetimeline.Panel,
+            "Standbys of this server",
+            "Each connected standby's WAL sender state (pg_stat_replication). A standby that disappears from here "
+            "has disconnected.",
+            [query(f"pg_stat_replication_state{{{PG}}} == 1", f"{standby}: {{{{state}}}}")],
+            "none",
+            10,
+        ),
+        panel(
+            timeseries.Panel,
+            "Standby replay behind (bytes)",
+            "Seen from the primary: WAL written here that each standby has not replayed. Over 1 GiB for 5 min: "
+            "PostgresStandbyBehindInBytes.",
+            [query(f'pg_stat_replication_lag_bytes{{{PG}, kind="replay"}}', standby)],
+            "bytes",
+            10,
+        ),
+        panel(
+            statetimeline.Panel,
+            "WAL receiver",
+            "On a standby: whether its WAL receiver streams from the primary. Not streaming for 2 min: "
+            "PostgresStandbyNotStreaming.",
+            [query(f"pg_wal_receiver_up{{{PG}}}", "{{pg_instance}}")],
+            "none",
+            8,
+        )
+        .mappings(mapping(**{"1": ("streaming", "green"), "0": ("not streaming", "red")}))
+        .thresholds(RED_AT_ZERO),
+        panel(
+            timeseries.Panel,
+            "Standby replay lag",
+            "On a standby: seconds since the last replayed transaction while received WAL waits (0 when caught up).",
+            [query(f"pg_replication_lag_seconds{{{PG}}}", "{{pg_instance}}")],
+            "s",
+            8,
+        ).thresholds(thresholds((None, "green"), (300, "orange"))),
+        panel(
+            timeseries.Panel,
+            "WAL retained by slots",
+            "WAL each replication slot keeps from being recycled. An inactive slot here grows until pg_wal is full: "
+            "PostgresReplicationSlotRetainingWal.",
+            [
+                query(
+                    f"pg_replication_slot_retained_wal_bytes{{{PG}}}",
+                    "{{pg_instance}} {{slot_name}}",
+                ),
+                query(
+                    f"pg_replication_slot_retained_wal_bytes{{{PG}}} and on (job, instance, pg_instance, slot_name) "
+                    f"pg_replication_slot_slot_is_active{{{PG}}} == 0",
+                    "{{pg_instance}} {{slot_name}} (inactive)",
+                    "B",
+                ),
+            ],
+            "bytes",
+            8,
+        ),
+    ]
+
+
+def locks_and_checkpoints() -> list:
+    return [
+        panel(
+            timeseries.Panel,
+            "Blocked sessions",
+            "Sessions waiting for a lock another session holds (pg_blocking_pids). To their clients the database "
+            "looks hung; find the blocker in pg_stat_activity.",
+            [query(f"pg_blocked_sessions{{{PG}}}", "{{pg_instance}}")],
+            "none",
+            8,
+        ),
+        panel(
+            timeseries.Panel,
+            "Longest lock wait",
+            "How long the longest-waiting blocked session has waited. Over a minute: PostgresSessionsBlocked.",
+            [query(f"pg_blocked_sessions_max_wait_seconds{{{PG}}}", "{{pg_instance}}")],
+            "s",
+            8,
+        ).thresholds(thresholds((None, "green"), (60, "orange"))),
+        panel(
+            timeseries.Panel,
+            "Checkpoints: timed vs requested",
+            "Checkpoints started by checkpoint_timeout and requested ones (WAL past max_wal_size, or CHECKPOINT). "
+            "Mostly requested: max_wal_size is too small for the write load.",
+            [
+                query(
+                    f"increase(pg_stat_bgwriter_checkpoints_timed_total{{{PG}}}[$__rate_interval])",
+                    "{{pg_instance}} timed",
+                ),
+                query(
+                    f"increase(pg_stat_bgwriter_checkpoints_req_total{{{PG}}}[$__rate_interval])",
+                    "{{pg_instance}} requested",
+                    "B",
+                ),
+            ],
+            "none",
+            8,
+        ).draw_style(common.GraphDrawStyle.BARS),
+    ]
+
+
 def remediation() -> list:
     return [
         panel(
@@ -372,11 +618,19 @@ def exporter_health() -> list:
     ]
 
 
+# The rows about outage precursors: their panels show data only where the condition exists (a standby, a
+# slot, an archive_command), so tests/e2e/test_precursors.py proves them on a chain that has each one.
+PRECURSOR_ROWS = {"Disk and WAL", "WAL archiving", "Wraparound", "Replication", "Locks and checkpoints"}
 ROWS = [
     ("Availability", availability),
     ("Background workers", workers),
     ("Connections", connections),
     ("Local memory", memory),
+    ("Disk and WAL", disk_and_wal),
+    ("WAL archiving", archiving),
+    ("Wraparound", wraparound),
+    ("Replication", replication),
+    ("Locks and checkpoints", locks_and_checkpoints),
     ("Remediation", remediation),
     ("Exporter health", exporter_health),
 ]
@@ -386,7 +640,10 @@ def build() -> db.Dashboard:
     board = (
         db.Dashboard("pgmedic overview")
         .uid("pgmedic-overview")
-        .description("PostgreSQL instances kept alive by pgmedic: availability, workers, connections, memory, remediation.")
+        .description(
+            "PostgreSQL instances kept alive by pgmedic: availability, workers, connections, memory, outage "
+            "precursors (disk, WAL, archiving, wraparound, replication, locks), remediation."
+        )
         .tags(["pgmedic", "postgresql"])
         .refresh("10s")
         .time("now-1h", "now")

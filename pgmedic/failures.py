@@ -33,12 +33,16 @@ class Failure(enum.StrEnum):
     DATA_DIRECTORY_MISSING = "data_directory_missing"
     PERMISSION_DENIED = "permission_denied"
     CONFIG_ERROR = "config_error"
+    DISK_FULL = "disk_full"  # the server cannot write its WAL or files: it will not start until space is freed
     TIMEOUT = "timeout"
     OTHER = "other"
 
 
-# Failures a retry cannot cure: no restart budget is spent on them, the episode fails at once.
-NOT_RETRIED = frozenset({Failure.DATA_DIRECTORY_MISSING, Failure.PERMISSION_DENIED, Failure.CONFIG_ERROR})
+# Failures a retry cannot cure: no restart budget is spent on them, the episode fails at once. A full
+# disk is one: each start replays WAL, needs a new segment and dies again until a human frees space.
+NOT_RETRIED = frozenset(
+    {Failure.DATA_DIRECTORY_MISSING, Failure.PERMISSION_DENIED, Failure.CONFIG_ERROR, Failure.DISK_FULL}
+)
 
 # First match wins, over the reasons and pg_ctl's output together.
 _CLASSES: tuple[tuple[Failure, re.Pattern[str]], ...] = tuple(
@@ -54,6 +58,7 @@ _CLASSES: tuple[tuple[Failure, re.Pattern[str]], ...] = tuple(
         (Failure.CONFIG_ERROR, r"configuration file .* contains errors|invalid value for parameter"
          r"|unrecognized configuration parameter|syntax error in file|could not load library"
          r"|parameter \"[^\"]*\" cannot be|invalid configuration|must be (less|greater) than|exceeds"),
+        (Failure.DISK_FULL, r"no space left on device|disk quota exceeded"),
         (Failure.TIMEOUT, r"server did not start in time|timed out"),
     )
 )  # fmt: skip

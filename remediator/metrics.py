@@ -25,8 +25,7 @@ class RemediatorMetrics:
         self.actions = Counter(
             "pgmedic_actions",
             "Remediation actions by instance, action (start, restart), result (ok, failed, skipped) and the class "
-            "of a failure (port_in_use, pid_file_conflict, data_directory_missing, permission_denied, config_error, "
-            "timeout, other; none otherwise).",
+            f"of a failure ({', '.join(f for f in Failure if f is not Failure.NONE)}; none otherwise).",
             ["pg_instance", "action", "result", "failure"],
             registry=self.registry,
         )

@@ -10,11 +10,21 @@ from pathlib import Path
 import pytest
 
 from pgmedic.demo.pgversions import RELEASES
-from pgmedic.demo.sandbox import Cluster, chown_owner, make_temp_dir, make_template, make_trusted_dir, new_cluster
+from pgmedic.demo.sandbox import (
+    Cluster,
+    Service,
+    chown_owner,
+    make_temp_dir,
+    make_template,
+    make_trusted_dir,
+    new_cluster,
+    pgmedic_service,
+    write_config,
+)
 from tests.harness import Rig
 from tests.ksys_sink import KsysSink
 
-SLOW_FIXTURES = {"pg_template", "make_cluster", "cluster", "services", "trusted_dir"}
+SLOW_FIXTURES = {"pg_template", "make_cluster", "cluster", "services", "trusted_dir", "exporter_for"}
 DEFAULT_MAJOR = 15  # the distribution's server: what a test runs on unless it is in the version matrix
 # The version matrix: tests marked every_pg run once per major version listed here.
 MATRIX = [int(v) for v in os.environ.get("PGMEDIC_TEST_PG", ",".join(map(str, RELEASES))).split(",") if v.strip()]
@@ -111,6 +121,19 @@ def services(tmp_path: Path) -> Iterator[list]:
     finally:
         for service in reversed(started):
             service.stop()
+
+
+@pytest.fixture
+def exporter_for(tmp_path: Path, services: list) -> Callable[..., Service]:
+    """Starts an exporter (a real process on loopback) watching the given clusters."""
+
+    def start(*clusters: Cluster) -> Service:
+        cfg = write_config(tmp_path / "pgmedic.yaml", list(clusters), tmp_path / "state")
+        service = pgmedic_service("exporter", cfg, tmp_path)
+        services.append(service)
+        return service
+
+    return start
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pgmedic.exporter.metrics import CATALOGUE
 
 from pgmedic.demo.sandbox import Cluster, pgmedic_service, write_config, write_secret
 from tests.harness import REPO
@@ -17,6 +18,13 @@ from tests.harness import REPO
 ALERTS = REPO / "alerts"
 # Settings the rules use only where the server has them (the tests here run PostgreSQL 15).
 NEWER_VERSIONS_ONLY = {"pg_settings_reserved_connections"}
+# Series that exist only with their condition: a standby, a slot, an archive attempt. tests/test_precursors.py
+# makes each condition on a real cluster and reads them back.
+CONDITIONAL = {
+    "pg_wal_receiver_up", "pg_replication_lag_seconds", "pg_stat_replication_lag_bytes",
+    "pg_stat_archiver_last_failed_timestamp_seconds", "pg_stat_archiver_last_archived_timestamp_seconds",
+    "pg_replication_slot_retained_wal_bytes", "pg_replication_slot_slot_is_active",
+}  # fmt: skip
 RULES = ALERTS / "pgmedic.rules.yml"
 RUNBOOKS = REPO / "docs" / "runbooks.md"
 INSTALL = "apt-get install -y prometheus prometheus-alertmanager (or run `make test`)"
@@ -79,6 +87,10 @@ def test_every_alert_is_labelled_annotated_and_has_a_runbook_section() -> None:
         "PostgresPostmasterDown", "PostgresNotResponding", "PostgresBackgroundWorkerMissing", "PostgresCrashRestarted",
         "PostgresConnectionsNearLimit", "PostgresConnectionsExhausted", "PostgresLongTransaction",
         "PostgresLocalMemoryHigh", "PgmedicExporterDown", "PgmedicRemediatorDown", "PgmedicRestartBudgetExhausted",
+        "PostgresFilesystemSpaceLow", "PostgresFilesystemFullWithinAnHour", "PostgresFilesystemInodesLow",
+        "PostgresWalArchivingFailing", "PostgresWalArchiveBacklog", "PostgresReplicationSlotRetainingWal",
+        "PostgresXidWraparoundRisk", "PostgresXidWraparoundImminent", "PostgresStandbyNotStreaming",
+        "PostgresStandbyLagging", "PostgresStandbyBehindInBytes", "PostgresSessionsBlocked",
     }  # fmt: skip
     names = {a["alert"] for a in alerts()}
     assert required <= names, required - names
@@ -138,8 +150,9 @@ def test_every_metric_the_rules_use_is_exported(
                     exported.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     recorded = {r["record"] for r in rules() if "record" in r}
     used = set().union(*(metric_names(r["expr"]) for r in rules())) - recorded - {"up"} - NEWER_VERSIONS_ONLY
-    missing = {name for name in used if name not in exported}
+    missing = {name for name in used - CONDITIONAL if name not in exported}
     assert not missing, f"rules use metrics nobody exports: {sorted(missing)}"
+    assert used >= CONDITIONAL and set(CATALOGUE) >= CONDITIONAL, "CONDITIONAL names metrics of the contract"
 
 
 @pytest.mark.parametrize("name", ["alertmanager.yml", "prometheus.yml", "pgmedic.rules.yml"])

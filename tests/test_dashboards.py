@@ -15,7 +15,10 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 from tests.harness import REPO
 
 BOARD = REPO / "grafana" / "dashboards" / "pgmedic-overview.json"
-ROWS = {"Availability", "Background workers", "Connections", "Local memory", "Remediation", "Exporter health"}
+ROWS = {
+    "Availability", "Background workers", "Connections", "Local memory", "Disk and WAL", "WAL archiving", "Wraparound",
+    "Replication", "Locks and checkpoints", "Remediation", "Exporter health",
+}  # fmt: skip
 
 
 def load() -> dict:
@@ -70,7 +73,13 @@ def test_dashboard_covers_the_metric_contract() -> None:
         "pg_backend_memory_anon_max_bytes", "pgmedic_actions_total", "pgmedic_recovery_seconds_bucket",
         "pgmedic_restart_budget_remaining", "pgmedic_instance_state", "pgmedic_ksys_notifications_total",
         "pgmedic_notifications_total", "pgmedic_collector_success", "pgmedic_collector_duration_seconds",
-        "scrape_duration_seconds",
+        "scrape_duration_seconds", "pgmedic:pg_filesystem_avail:ratio", "pg_filesystem_avail_bytes",
+        "pg_filesystem_files_free", "pg_wal_size_bytes", "pg_wal_archive_ready_files", "pg_stat_archiver_archived_total",
+        "pg_stat_archiver_failed_total", "pg_stat_archiver_last_archived_timestamp_seconds",
+        "pg_database_wraparound_ratio", "pg_database_freeze_max_age_ratio", "pg_replication_is_replica",
+        "pg_stat_replication_state", "pg_stat_replication_lag_bytes", "pg_wal_receiver_up", "pg_replication_lag_seconds",
+        "pg_replication_slot_retained_wal_bytes", "pg_replication_slot_slot_is_active", "pg_blocked_sessions",
+        "pg_blocked_sessions_max_wait_seconds", "pg_stat_bgwriter_checkpoints_req_total",
     ):  # fmt: skip
         assert re.search(rf"\b{name}\b", text), name
 

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pgmedic.config import load_config
 from pgmedic.connection import open_pgconn
-from pgmedic.demo.sandbox import Cluster, Service, new_standby, owner, pgmedic_service, wait_for, write_config
+from pgmedic.demo.sandbox import Cluster, Service, new_standby, owner, wait_for
 
 # Runs on every PostgreSQL version of the matrix (tests/conftest.py), except those marked one_pg.
 pytestmark = pytest.mark.every_pg
@@ -55,17 +55,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def has(samples: Samples, name: str, **labels: str) -> bool:
     want = frozenset(labels.items())
     return any(n == name and want <= lbl for (n, lbl) in samples)
-
-
-@pytest.fixture
-def exporter_for(tmp_path: Path, services: list) -> Callable[..., Service]:
-    def start(*clusters: Cluster) -> Service:
-        cfg = write_config(tmp_path / "pgmedic.yaml", list(clusters), tmp_path / "state")
-        service = pgmedic_service("exporter", cfg, tmp_path)
-        services.append(service)
-        return service
-
-    return start
 
 
 def workers_of(samples: Samples, name: str) -> dict[str, tuple[float, float, float]]:

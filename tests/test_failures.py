@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgmedic.demo.sandbox import as_owner, http, owner, wait_for
+from pgmedic.demo.sandbox import as_owner, http, owner, small_filesystem, wait_for
 from pgmedic.failures import Failure, LogMark, classify
 from tests.harness import Rig, alert_payload, pgmedic
 from tests.test_remediator import kill_postmaster
@@ -42,6 +42,7 @@ pytestmark = pytest.mark.every_pg
           'FATAL:  configuration file "/srv/pg/postgresql.conf" contains errors'], Failure.CONFIG_ERROR),
         (['FATAL:  invalid value for parameter "max_connections": "many"'], Failure.CONFIG_ERROR),
         (["pg_ctl: server did not start in time"], Failure.TIMEOUT),
+        (['FATAL:  could not write to file "pg_wal/xlogtemp.20404": No space left on device'], Failure.DISK_FULL),
         (["FATAL:  could not map anonymous shared memory: Cannot allocate memory"], Failure.OTHER),
     ],
 )  # fmt: skip
@@ -179,3 +180,35 @@ def test_a_missing_data_directory_spends_no_budget_and_escalates_once_with_its_c
         assert monitor.returncode == 4, monitor.stdout  # the specific code, not FAILED's 5
     finally:
         shutil.move(moved, cluster.data)
+
+
+@pytest.mark.one_pg
+def test_a_full_wal_filesystem_fails_once_as_disk_full_and_starts_once_space_is_freed(rig: Rig) -> None:
+    """pg_wal on a small filesystem, filled until the server PANICs and cannot finish crash recovery: one start
+    attempt, classed disk_full, FAILED and escalated; after space is freed and the instance resumed, it starts."""
+    cluster = rig.cluster
+    cluster.pg_ctl("stop", "-m", "fast", "-w")
+    with small_filesystem(cluster.root / "walfs", 48) as walfs:
+        cluster.move_wal(walfs)
+        cluster.start()
+        rig.configure(max_restart=3, restart_delay="0.2s")
+        rig.start()
+        st = os.statvfs(walfs)
+        filler = walfs / "filler"
+        filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 1024 * 1024))
+        with contextlib.suppress(RuntimeError):  # the server may die under this very statement
+            cluster.psql("CREATE TABLE t AS SELECT 1 AS x; SELECT pg_switch_wal(); INSERT INTO t VALUES (2)")
+        wait_for(lambda: not cluster.processes(), 30, "the server to stop on the full WAL filesystem")
+        assert rig.post(alert_payload("PostgresPostmasterDown", "main"))[0] == 200
+        escalated = rig.wait_event("escalated", timeout=60)
+        time.sleep(1.0)
+        kinds = Counter(rig.kinds())
+        assert kinds["restart_started"] == 1 and kinds["failed"] == 1, kinds
+        assert escalated["failure"] == "disk_full" and "No space left on device" in escalated["reason"], escalated
+
+        filler.unlink()
+        assert pgmedic(None, "resume", "instance", "main", config=rig.config).returncode == 0
+        assert rig.post(alert_payload("PostgresPostmasterDown", "main", fingerprint="after-freeing"))[0] == 200
+        rig.wait_event("restarted", timeout=60)
+        cluster.wait_accepting()
+        cluster.destroy()  # nothing may hold the filesystem when it is unmounted

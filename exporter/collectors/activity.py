@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..context import CollectorFailed, ScrapeContext
+from ..context import ScrapeContext
 from ..metrics import MetricSet
 
 NAME = "activity"
@@ -18,9 +18,7 @@ TX_STATES = ("active", "idle in transaction", "idle in transaction (aborted)")
 
 
 def collect(ctx: ScrapeContext, out: MetricSet) -> None:
-    sql = ctx.sql
-    if not sql.up or "activity" in sql.errors:
-        raise CollectorFailed(sql.errors.get("activity") or sql.errors.get("connection", "no connection"))
+    sql = ctx.require_sql("activity")
     counts = {(datname, state): n for datname, state, n in sql.activity}
     for datname in sorted(set(sql.databases) | {d for d, _ in counts}):
         for state in sorted(set(STATES) | {s for d, s in counts if d == datname}):

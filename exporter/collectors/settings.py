@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from ..context import CollectorFailed, ScrapeContext
+from ..context import ScrapeContext
 from ..metrics import MetricSet
 
 NAME = "settings"
-NUMBERS = ("max_connections", "superuser_reserved_connections", "reserved_connections", "io_workers")
+NUMBERS = (
+    "max_connections",
+    "superuser_reserved_connections",
+    "reserved_connections",
+    "io_workers",
+    "autovacuum_freeze_max_age",
+    "autovacuum_multixact_freeze_max_age",
+)
 BYTES = ("work_mem", "maintenance_work_mem", "temp_buffers", "shared_buffers")
 
 
 def collect(ctx: ScrapeContext, out: MetricSet) -> None:
-    sql = ctx.sql
-    if not sql.up or "settings" in sql.errors:
-        raise CollectorFailed(sql.errors.get("settings") or sql.errors.get("connection", "no connection"))
+    sql = ctx.require_sql("settings")
     for name in NUMBERS:
         value = sql.setting_number(name)
         if value is not None:

@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,10 +61,10 @@ def as_owner(argv: list[str]) -> list[str]:
     return ["runuser", "-u", owner(), "--", *argv] if os.geteuid() == 0 else argv
 
 
-def chown_owner(path: str | Path) -> None:
+def chown_owner(path: str | Path, follow_symlinks: bool = True) -> None:
     if os.geteuid() == 0:
         entry = pwd.getpwnam(owner())
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+        os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=follow_symlinks)
 
 
 def write_secret(path: Path, text: str) -> Path:
@@ -215,6 +216,18 @@ class Cluster:
     def reload(self) -> None:
         self.pg_ctl("reload")
 
+    def move_wal(self, target: Path) -> None:
+        """Move pg_wal into TARGET (an empty directory, say on a filesystem of its own) and leave a symlink,
+        as `initdb --waldir` does. The server must be stopped."""
+        wal = self.data / "pg_wal"
+        for entry in wal.iterdir():
+            shutil.move(str(entry), str(target / entry.name))
+        wal.rmdir()
+        wal.symlink_to(target)
+        for path in (target, *target.rglob("*")):  # a move across filesystems copies: as root
+            chown_owner(path)
+        chown_owner(wal, follow_symlinks=False)
+
     def postmaster_pid(self) -> int:
         return int((self.data / "postmaster.pid").read_text().split("\n")[0])
 
@@ -287,6 +300,25 @@ def _kill_if_in(pid: int, directory: str) -> None:
                     signal.pidfd_send_signal(fd, sig)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def small_filesystem(mountpoint: Path, size_mib: int, inodes: int | None = None) -> Iterator[Path]:
+    """A tmpfs of SIZE_MIB (and INODES, if given) at MOUNTPOINT, owned by the cluster owner, unmounted on
+    exit (lazily: a server still holding files in it must not keep the test from cleaning up). Needs root."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    options = f"size={size_mib}m,mode=0700" + (f",nr_inodes={inodes}" if inodes else "")
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "pgmedic-test", str(mountpoint)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    try:
+        chown_owner(mountpoint)
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30)
 
 
 def new_cluster(template: Path, name: str = "main", start: bool = True) -> Cluster:

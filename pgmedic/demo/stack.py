@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ class Stack:
     alerts_dir: Path
     services: dict[str, Service] = field(default_factory=dict)
     clusters: dict[str, Cluster] = field(default_factory=dict)
+    config_top: dict[str, Any] = field(default_factory=dict)  # the config's sections besides the instances
 
     # ---- URLs and queries -----------------------------------------------------------------------
     def url(self, name: str) -> str:
@@ -79,6 +82,10 @@ class Stack:
     def firing(self, alertname: str) -> list[dict[str, str]]:
         return [r["metric"] for r in self.query(f'ALERTS{{alertname="{alertname}",alertstate="firing"}}')]
 
+    def firing_alerts(self) -> list[dict[str, str]]:
+        """The labels of every alert firing now."""
+        return [r["metric"] for r in self.query('ALERTS{alertstate="firing"}')]
+
     def events(self, since: int = 0) -> list[dict[str, Any]]:
         status, body = http("GET", self.url("remediator") + f"/api/v1/events?since={since}&limit=10000")
         return body["events"] if status == 200 else []
@@ -95,6 +102,12 @@ class Stack:
                 return False
 
         wait_for(ready, timeout, "Prometheus to scrape the exporter and the remediator", interval=0.25)
+
+    def watch(self, cluster: Cluster) -> None:
+        """Add CLUSTER to the configuration and have the exporter reload it (SIGHUP); destroyed with the stack."""
+        self.clusters[cluster.name] = cluster
+        write_config(self.config_path, list(self.clusters.values()), self.root / "state", **self.config_top)
+        self.services["exporter"].proc.send_signal(signal.SIGHUP)
 
     def stop_service(self, name: str) -> None:
         self.services[name].stop()
@@ -183,6 +196,7 @@ def build_stack(
     extra_instances: dict[str, str] | None = None,
     more_instances: dict[str, dict[str, Any]] | None = None,
     major: int | None = None,
+    prepare: Callable[[Cluster], None] | None = None,
 ) -> Stack:
     """Start the chain; on any failure everything already started is torn down again.
 
@@ -191,7 +205,8 @@ def build_stack(
     URL instead (bench/mttr.py's naive chain). MORE_INSTANCES ({name: instance attributes}) adds
     clusters served by the shipped chain with settings of their own (bench/mttr.py's fast-path
     chain). PROMETHEUS_OVERRIDES is merged into the global section (the fast profile). MAJOR picks the
-    PostgreSQL version (the distribution's by default; see pgmedic.demo.pgversions).
+    PostgreSQL version (the distribution's by default; see pgmedic.demo.pgversions). PREPARE gets the
+    main cluster before anything watches it, to restart it with settings or storage of its own.
     """
     missing = missing_tools()
     if missing:
@@ -206,15 +221,15 @@ def build_stack(
             own = (more_instances or {}).get(cluster_name, {})
             cluster.extra.update({**INSTANCE_DEFAULTS, **(instance or {}), **own})
         cluster = clusters[name]
+        if prepare is not None:
+            prepare(cluster)
         token = "pgmedic-" + str(time.time_ns())
         token_file = root / "webhook.token"
         token_file.write_text(token + "\n")
         token_file.chmod(0o600)
-        config_path = write_config(
-            root / "pgmedic.yaml", list(clusters.values()), root / "state",
-            remediator={"token_file": str(token_file)}, **({"ksys": ksys} if ksys else {}),
-        )  # fmt: skip
-        stack = Stack(root, cluster, config_path, token, alerts_dir, clusters=clusters)
+        top = {"remediator": {"token_file": str(token_file)}, **({"ksys": ksys} if ksys else {})}
+        config_path = write_config(root / "pgmedic.yaml", list(clusters.values()), root / "state", **top)
+        stack = Stack(root, cluster, config_path, token, alerts_dir, clusters=clusters, config_top=top)
         ports = {"exporter": free_port(), "remediator": free_port(), "prometheus": free_port()}
         stack.services["exporter"] = pgmedic_service("exporter", config_path, root, ports["exporter"])
         stack.services["remediator"] = pgmedic_service("remediator", config_path, root, ports["remediator"])
