@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -66,6 +67,12 @@ def timed_scrape(url: str, context: ssl.SSLContext | None = None, auth: str | No
     return time.perf_counter() - began
 
 
+def sample_count(url: str) -> int:
+    """Samples in one scrape of URL (the lines of the text format that are not comments)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+        return sum(1 for line in response.read().decode().splitlines() if line and not line.startswith("#"))
+
+
 def tls_exporter(base: Path, cfg: Path) -> tuple[Service, ssl.SSLContext, str]:
     """pgmedic's exporter with TLS and basic auth; its client context and Authorization header."""
     pki = make_pki(Path(tempfile.mkdtemp(dir=base)))
@@ -107,6 +114,7 @@ class Phase:
     latency: dict[str, list[float]]
     cpu: dict[str, float]  # exporter process CPU per scrape, seconds
     pg_cpu: dict[str, float]  # PostgreSQL-side CPU per scrape where attributable, seconds
+    samples: dict[str, int] = dataclasses.field(default_factory=dict)  # samples in one scrape
 
 
 def measure(
@@ -134,16 +142,22 @@ def measure(
     return Phase(latency, {n: c / rounds for n, c in cpu.items()}, {n: c / rounds for n, c in pg_cpu.items()})
 
 
-def peer_backend(cluster: Cluster) -> int | None:
-    """The peer's long-lived backend: the one client backend of the owner that stays."""
-    for pid in cluster.processes():
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if title.startswith(f"postgres: bench: {owner()} postgres [local]"):
-            return pid
-    return None
+def ours_pg_cpu(postmaster: int, session: int) -> float:
+    return reaped_cpu_seconds(postmaster) + cpu_seconds(session)
+
+
+def long_lived_backends(cluster: Cluster) -> dict[str, int]:
+    """The exporters' long-lived backends: pgmedic's statistics session and the peer's connection."""
+    rows = cluster.psql(
+        "SELECT pid, application_name FROM pg_stat_activity WHERE backend_type = 'client backend' "
+        "AND usename = current_user AND pid <> pg_backend_pid() AND now() - backend_start > interval '0.5 s' "
+        "ORDER BY backend_start"
+    )
+    found: dict[str, int] = {}
+    for line in rows.splitlines():
+        pid, _, name = line.partition("|")
+        found.setdefault("pgmedic" if name == "pgmedic" else "peer", int(pid))
+    return found
 
 
 def main() -> int:
@@ -208,17 +222,22 @@ def main() -> int:
                 while len(clients) < int(load):
                     clients.append(psycopg.connect(client_dsn))
             timed_scrape(peer.url)
-            backend = peer_backend(cluster)
-            pg_side: dict[str, Callable[[], float]] = {
-                # pgmedic's fresh backend exits each scrape: the postmaster reaps it and its CPU lands
-                # in the postmaster's cutime/cstime (nothing else exits here, autovacuum aside).
-                "pgmedic": functools.partial(reaped_cpu_seconds, postmaster),
-            }
-            if backend:
-                pg_side["peer"] = functools.partial(cpu_seconds, backend)
+            timed_scrape(ours.url)
+            time.sleep(0.6)
+            backends = long_lived_backends(cluster)
+            pg_side: dict[str, Callable[[], float]] = {}
+            if "pgmedic" in backends:
+                # pgmedic's fresh backend exits each scrape: the postmaster reaps it and its CPU lands in the
+                # postmaster's cutime/cstime (nothing else exits here, autovacuum aside); plus its session's.
+                pg_side["pgmedic"] = functools.partial(ours_pg_cpu, postmaster, backends["pgmedic"])
+            if "peer" in backends:
+                pg_side["peer"] = functools.partial(cpu_seconds, backends["peer"])
+            samples = {"pgmedic": sample_count(ours.url), "peer": sample_count(peer.url)}
             for pattern in patterns:
                 gap = args.gap if pattern == "realistic" else 0.0
-                rows.append((load, pattern, measure(scrapes, pids, args.rounds, gap, pg_side)))
+                phase = measure(scrapes, pids, args.rounds, gap, pg_side)
+                phase.samples = samples
+                rows.append((load, pattern, phase))
             if bench_load is not None:
                 bench_load.terminate()
                 bench_load.wait(30)
@@ -254,7 +273,8 @@ def report(rows: list[tuple[str, str, Phase]], cluster: Cluster, args: argparse.
           f"shared_buffers {args.shared_buffers}, fsync on; realistic = a new connection per scrape after "
           f"{args.gap:g}s idle; back-to-back = no idle gap")  # fmt: skip
     print(f"{'load':>8} {'pattern':>12} | {'pgmedic p50':>11} {'p95':>7} {'CPU/scr':>8} {'PG CPU':>7} | "
-          f"{'peer p50':>8} {'p95':>7} {'CPU/scr':>8} {'PG CPU':>7} | {'p50 ratio':>9} {'CPU ratio':>9}")  # fmt: skip
+          f"{'peer p50':>8} {'p95':>7} {'CPU/scr':>8} {'PG CPU':>7} | {'p50 ratio':>9} {'CPU ratio':>9} | "
+          f"{'samples':>11}")  # fmt: skip
     for load, pattern, phase in rows:
         p50 = {k: statistics.median(v) * 1000 for k, v in phase.latency.items()}
         p95 = {k: percentile(v, 0.95) * 1000 for k, v in phase.latency.items()}
@@ -264,12 +284,14 @@ def report(rows: list[tuple[str, str, Phase]], cluster: Cluster, args: argparse.
             f"{load:>8} {pattern:>12} | {p50['pgmedic']:>9.2f}ms {p95['pgmedic']:>5.1f}ms {cpu['pgmedic']:>6.2f}ms "
             f"{pg.get('pgmedic', float('nan')):>5.2f}ms | {p50['peer']:>6.2f}ms {p95['peer']:>5.1f}ms "
             f"{cpu['peer']:>6.2f}ms {pg.get('peer', float('nan')):>5.2f}ms | "
-            f"{p50['pgmedic'] / p50['peer']:>9.2f} {cpu['pgmedic'] / cpu['peer']:>9.2f}"
+            f"{p50['pgmedic'] / p50['peer']:>9.2f} {cpu['pgmedic'] / cpu['peer']:>9.2f} | "
+            f"{phase.samples.get('pgmedic', 0):>5}/{phase.samples.get('peer', 0):<5}"
         )
         if tls:
             print(f"{'':>21} | pgmedic TLS p50 {p50['pgmedic TLS']:.2f}ms, CPU/scrape {cpu['pgmedic TLS']:.2f}ms")
     print("ratio = pgmedic / peer (below 1.0: pgmedic is cheaper); CPU/scr = the exporter process's CPU per "
-          "scrape (all threads, schedstat); PG CPU = its backend's (pgmedic: reaped fresh backends; peer: its long-lived one)")  # fmt: skip
+          "scrape (all threads, schedstat); PG CPU = its backends' (pgmedic: the reaped fresh one and its statistics session; peer: its long-lived one); "
+          "samples = in one scrape, pgmedic/peer")  # fmt: skip
 
 
 if __name__ == "__main__":

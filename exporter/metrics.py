@@ -192,23 +192,39 @@ CATALOGUE: dict[str, tuple[str, str]] = {
 }
 
 
+def base_name(name: str) -> str:
+    """The family name of an exposed sample name: without the _total of a counter or the _info of an info."""
+    typ = CATALOGUE[name][0]
+    return name.removesuffix({COUNTER: "_total", INFO: "_info"}.get(typ, ""))
+
+
 class MetricSet:
     """Samples gathered during one scrape, grouped into one family per name across all instances."""
 
     def __init__(self) -> None:
-        self._families: dict[str, Metric] = {}
+        self._samples: dict[str, list[tuple[Mapping[str, str], float]]] = {}
 
     def add(self, name: str, labels: Mapping[str, str], value: float) -> None:
         """Add one sample; NAME is the exposed sample name (with _total or _info where the type has it)."""
-        typ, doc = CATALOGUE[name]
-        family = self._families.get(name)
-        if family is None:
-            base = name.removesuffix({COUNTER: "_total", INFO: "_info"}.get(typ, ""))
-            family = self._families[name] = Metric(base, doc, typ)
-        family.add_sample(name, dict(labels), float(value))
+        samples = self._samples.get(name)
+        if samples is None:
+            if name not in CATALOGUE:
+                raise KeyError(f"{name} is not in the metric catalogue")
+            samples = self._samples[name] = []
+        samples.append((labels, float(value)))
 
     def names(self) -> set[str]:
-        return set(self._families)
+        return set(self._samples)
+
+    def families(self) -> Iterator[tuple[str, list[tuple[Mapping[str, str], float]]]]:
+        """(exposed name, samples) per family, in the order first added: what exposition.render writes."""
+        return iter(self._samples.items())
 
     def __iter__(self) -> Iterator[Metric]:
-        return iter(self._families.values())
+        """prometheus_client metric families, for its encoders and parsers."""
+        for name, samples in self._samples.items():
+            typ, doc = CATALOGUE[name]
+            family = Metric(base_name(name), doc, typ)
+            for labels, value in samples:
+                family.add_sample(name, dict(labels), value)
+            yield family

@@ -45,6 +45,7 @@ class InstanceScraper:
         self.known: SqlFacts | None = None
         self._visit_lock = threading.Lock()
         self._visit: tuple[Future[SqlFacts], OwnBackend] | None = None  # the SQL visit in flight, if any
+        self.session = sqlview.StatsSession()
         self.tracker_lock = threading.Lock()
 
     def start_sql(
@@ -65,29 +66,32 @@ class InstanceScraper:
 
             def visit() -> SqlFacts:
                 try:
-                    return sqlview.fetch(self.instance.config, pid_file, timeout, own.connected, COLLECTOR_STATEMENTS)
+                    return sqlview.fetch(
+                        self.instance.config, pid_file, timeout, own.connected, self.session, COLLECTOR_STATEMENTS
+                    )
                 finally:
-                    own.connected(None)  # wakes a waiter even if fetch ended early
+                    own.connected([])  # wakes a waiter even if fetch ended early
 
             self._visit = (executor.submit(visit), own)
             return self._visit
 
 
 class OwnBackend:
-    """The backend pid of this scrape's own SQL connection, once its connection attempt has ended."""
+    """The backend pids of this scrape's own SQL connections (the fresh one, the statistics session),
+    once their connection attempts have ended."""
 
     def __init__(self) -> None:
-        self.pid: int | None = None
+        self.pids: list[int] = []
         self._done = threading.Event()
 
-    def connected(self, pid: int | None) -> None:
+    def connected(self, pids: list[int]) -> None:
         if not self._done.is_set():
-            self.pid = pid
+            self.pids = pids
             self._done.set()
 
-    def wait_until(self, deadline: float) -> int | None:
+    def wait_until(self, deadline: float) -> list[int]:
         self._done.wait(max(0.0, deadline - time.monotonic()))
-        return self.pid
+        return self.pids
 
 
 class Exporter:
@@ -133,7 +137,7 @@ class Exporter:
             if identity.verdict is Verdict.UNVERIFIABLE:
                 ctx.unverifiable = identity.reason
             if own is not None:
-                ctx.own_backend = functools.partial(own.wait_until, deadline)
+                ctx.own_backends = functools.partial(own.wait_until, deadline)
             with scraper.tracker_lock:  # two concurrent scrapes must not interleave CPU accounting
                 for collector in OS_COLLECTORS:
                     self._run(collector, ctx, out)
@@ -182,6 +186,7 @@ class Exporter:
         grace.start()
         for scraper in self.scrapers:
             if keep is None or scraper not in keep:
+                scraper.session.close()
                 with scraper.tracker_lock:
                     scraper.tracker.close()
 

@@ -7,6 +7,7 @@ configured default without the header), so a hung instance never makes a scrape 
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
 import json
 import logging
@@ -16,7 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.openmetrics.exposition import UNDERSCORES
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from pgmedic import __version__
 from pgmedic.config import Config, listen_address
@@ -24,6 +27,8 @@ from pgmedic.httpserver import Server, stop_on_signals
 from pgmedic.reload import ConfigStatus, Reloader, restart_only_changes
 from pgmedic.webconfig import WebState, protect
 
+from .exposition import render
+from .metrics import MetricSet
 from .scraper import Exporter
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,25 @@ class _Families:
 
     def collect(self) -> Iterable[Any]:
         return self._families
+
+
+def encode(metrics: MetricSet, accept: str) -> tuple[bytes, str]:
+    """The body and content type the scraper's Accept header asks for, as prometheus_client negotiates it.
+
+    The two formats Prometheus takes (OpenMetrics 1.0.0 first, then the text format) are written by
+    exposition.render; any other that prometheus_client negotiates (an escaping scheme) by its encoder.
+    """
+    encoder, content_type = choose_encoder(accept)
+    if encoder is generate_latest:
+        return render(metrics.families()), content_type
+    if (
+        isinstance(encoder, functools.partial)
+        and encoder.func is openmetrics_latest
+        and encoder.keywords.get("escaping") == UNDERSCORES
+        and str(encoder.keywords.get("version", "")).startswith("1.")
+    ):
+        return render(metrics.families(), openmetrics=True), content_type
+    return encoder(_Families(metrics)), content_type
 
 
 def scrape_timeout(environ: dict[str, Any], config: Config) -> float:
@@ -83,8 +107,7 @@ def create_app(
             metrics = exporter.scrape(scrape_timeout(environ, config))
             metrics.add("pgmedic_config_last_reload_successful", {}, 1 if status.last_reload_ok else 0)
             metrics.add("pgmedic_config_last_reload_success_timestamp_seconds", {}, status.loaded_at)
-            encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-            body = encoder(_Families(metrics))
+            body, content_type = encode(metrics, environ.get("HTTP_ACCEPT", ""))
             log.debug("scrape took %.3fs", time.monotonic() - began)
             start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
             return [body]

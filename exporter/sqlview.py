@@ -1,14 +1,16 @@
-"""What one fresh SQL connection tells per scrape; every query isolated so one failure costs only itself.
+"""What SQL tells per scrape; every query isolated so one failure costs only itself.
 
-Runs in a worker thread under the scrape's deadline. The connection is opened anew each scrape
-(pg_up must mean "a client can connect now") and closed at once; its statements go in one pipelined
-round trip, each in its own implicit transaction. The client gives up at the deadline, and
-statement_timeout and lock_timeout bound every statement on the server side too.
+Runs in a worker thread under the scrape's deadline. A connection is opened anew each scrape and runs
+SELECT 1 (pg_up must mean "a client can connect now"); the statistics come over the instance's
+long-lived session (StatsSession) in one pipelined round trip, each statement in its own implicit
+transaction, sent as soon as the fresh connection is up so both run at once. The client gives up at
+the deadline, and statement_timeout and lock_timeout bound every statement on the server side too.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ _UNIT_BYTES = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 ACTIVITY_SQL = """
 SELECT datid, state, count(*), max(extract(epoch FROM clock_timestamp() - xact_start))
 FROM pg_stat_get_activity(NULL)
-WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND state IS NOT NULL
+WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND pid <> $1::int AND state IS NOT NULL
 GROUP BY 1, 2
 """
 # The transaction ID and multixact ages of every database (templates too: wraparound stops them all).
@@ -117,49 +119,177 @@ class SqlFacts:
         return None if value is None else value in ("on", "always", "true")
 
 
+class StatsSession:
+    """The long-lived connection an instance's statistics are read over, between scrapes.
+
+    The fresh connection of each scrape decides pg_up; it only has to prove that a client can connect
+    and run a query. The statistics (settings, activity, the collectors' statements) come over this
+    session instead: its backend's catalog caches stay warm, where a fresh backend must load them for
+    every scrape (most of the PostgreSQL CPU a scrape cost). It is dropped whenever it fails, runs past
+    a deadline or the fresh connection is refused (a smart shutdown waits for every session to end), and
+    opened again at the next scrape that needs it. Used by one SQL visit at a time (single flight).
+    """
+
+    def __init__(self) -> None:
+        self.pgconn: PGconn | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def backend_pid(self) -> int | None:
+        return self.pgconn.backend_pid if self.pgconn is not None else None
+
+    def ensure(self, cfg: InstanceConfig, pid_file: PidFile | None, deadline: float) -> PGconn:
+        """The open session, opened now if there is none (or it broke)."""
+        if self.pgconn is not None and self.pgconn.status != pq.ConnStatus.OK:
+            self.drop()
+        if self.pgconn is None:
+            self.pgconn = open_pgconn(cfg, pid_file, deadline)
+        return self.pgconn
+
+    def drop(self) -> None:
+        if self.pgconn is not None:
+            self.pgconn.finish()
+            self.pgconn = None
+
+    def __enter__(self) -> StatsSession:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._closed:
+            self.drop()
+        self._lock.release()
+
+    def close(self) -> None:
+        """Drop the session now, or (a visit is using it) as soon as that visit ends; never reopened."""
+        self._closed = True
+        if self._lock.acquire(blocking=False):
+            try:
+                self.drop()
+            finally:
+                self._lock.release()
+
+
 def fetch(
     cfg: InstanceConfig,
     pid_file: PidFile | None,
     timeout: float,
-    on_connected: Callable[[int | None], None],
+    on_connected: Callable[[list[int]], None],
+    session: StatsSession,
     extra: Sequence[Statement] = (),
 ) -> SqlFacts:
-    """Connect, then SELECT 1, every query of this module and the EXTRA statements (those for this
-    server's version) in one pipelined round trip; never raises.
+    """A fresh connection and SELECT 1 (pg_up), and sqlview's queries plus the EXTRA statements for this
+    server's version in one pipelined round trip over SESSION; never raises.
 
-    ON_CONNECTED gets this connection's backend pid (None if the connection failed) as soon as the
-    attempt ends, so the OS view can leave the exporter's own backend out of its counts.
+    The statistics are sent first, so the server runs them while the fresh connection is being made;
+    only the activity query waits for it (it must leave the fresh backend out). ON_CONNECTED gets the
+    backend pids of the exporter's own connections (none if the fresh connection failed) as soon as they
+    are known, so the OS view can leave them out of its counts.
     """
     deadline = time.monotonic() + timeout
     facts = SqlFacts()
+    with session:
+        statements: dict[str, str] | None = None
+        try:
+            statements = _send_statistics(session, cfg, pid_file, extra, deadline)
+        except Exception as exc:  # opened again below, once the fresh connection says the server is there
+            session.drop()
+            facts.errors["session"] = first_line(exc)
+        try:
+            fresh = open_pgconn(cfg, pid_file, deadline)
+        except Exception as exc:
+            facts.errors["connection"] = first_line(exc)
+            session.drop()  # refused (full, stopping, starting): hold no connection meanwhile
+            on_connected([])
+            return facts
+        try:
+            return _visit(cfg, pid_file, fresh, session, statements, extra, deadline, facts, on_connected)
+        finally:
+            fresh.finish()
+
+
+def _statements_for(version_num: int, extra: Sequence[Statement]) -> dict[str, str]:
+    """Every statement for this server version, activity last (it is sent once the fresh backend is known)."""
+    own = {s.name: s.sql for s in extra if s.applies_to(version_num)}
+    ordered = {name: sql for name, sql in STATEMENTS.items() if name != "activity"}
+    return {**ordered, **own, "activity": STATEMENTS["activity"]}
+
+
+def _send_statistics(
+    session: StatsSession, cfg: InstanceConfig, pid_file: PidFile | None, extra: Sequence[Statement], deadline: float
+) -> dict[str, str]:
+    """Open the session if needed and send every statement but activity; the statements, in order."""
+    stats = session.ensure(cfg, pid_file, deadline)
+    statements = _statements_for(stats.server_version, extra)
+    send_isolated(stats, [(sql, None) for name, sql in statements.items() if name != "activity"])
+    return statements
+
+
+def _visit(
+    cfg: InstanceConfig,
+    pid_file: PidFile | None,
+    fresh: PGconn,
+    session: StatsSession,
+    statements: dict[str, str] | None,
+    extra: Sequence[Statement],
+    deadline: float,
+    facts: SqlFacts,
+    on_connected: Callable[[list[int]], None],
+) -> SqlFacts:
+    # The fresh backend is a client like any other to the activity query: left out by pid.
+    fresh_pid = [str(fresh.backend_pid).encode()]
+    results: dict[str, Rows | str] | None = None
     try:
-        pgconn = open_pgconn(cfg, pid_file, deadline)
-    except Exception as exc:
-        facts.errors["connection"] = first_line(exc)
-        on_connected(None)
-        return facts
-    on_connected(pgconn.backend_pid)
-    own = [s for s in extra if s.applies_to(pgconn.server_version)]
-    statements = {**STATEMENTS, **{s.name: s.sql for s in own}}
-    try:
-        results = dict(zip(statements, run_isolated(pgconn, list(statements.values()), deadline), strict=True))
-    except Exception as exc:  # the connection itself failed (or the deadline passed)
-        facts.errors["connection"] = first_line(exc)
-        return facts
-    finally:
-        pgconn.finish()
-    if isinstance(results["connection"], str):
-        facts.errors["connection"] = results["connection"]
+        send_isolated(fresh, [(PROBE_SQL, None)])
+        on_connected([pid for pid in (fresh.backend_pid, session.backend_pid) if pid])
+        for attempt in (1, 2):  # a session the server dropped (a restart) is replaced once, within the deadline
+            try:
+                if statements is None:
+                    statements = _send_statistics(session, cfg, pid_file, extra, deadline)
+                assert session.pgconn is not None
+                send_isolated(session.pgconn, [(statements["activity"], fresh_pid)])
+                received = receive_isolated(session.pgconn, len(statements), deadline)
+                results = dict(zip(statements, received, strict=True))
+                facts.errors.pop("session", None)
+                break
+            except Exception as exc:
+                broken = session.pgconn is not None and session.pgconn.status == pq.ConnStatus.BAD
+                session.drop()
+                statements = None
+                facts.errors["session"] = first_line(exc)
+                if not broken or isinstance(exc, TimeoutError) or attempt == 2:
+                    break
+        (probe,) = receive_isolated(fresh, 1, deadline)
+    except Exception as exc:  # the fresh connection failed, or the deadline passed
+        probe = first_line(exc)
+    if isinstance(probe, str):
+        facts.errors["connection"] = probe
+        session.drop()
         return facts
     facts.up = True
+    version = fresh.server_version
+    own = [s for s in extra if s.applies_to(version)]
+    if results is None:
+        return _failed_all(facts, own)
     facts.results = {s.name: results[s.name] for s in own}
     _step(facts, "settings", lambda: _settings(facts, results["settings"], results["primary_conninfo"]))
     _step(facts, "activity", lambda: _activity(facts, results["databases"], results["activity"]))
     return facts
 
 
+def _failed_all(facts: SqlFacts, own: Sequence[Statement]) -> SqlFacts:
+    """Every statistic unavailable this scrape, for the reason the session gave."""
+    reason = facts.errors.get("session", "no statistics session")
+    facts.results = {s.name: reason for s in own}
+    for step in ("settings", "activity"):
+        facts.errors[step] = reason
+    return facts
+
+
+# pg_up's own query, on the fresh connection.
+PROBE_SQL = "SELECT 1"
 STATEMENTS = {
-    "connection": "SELECT 1",
     "settings": SETTINGS_SQL,
     # Readable only with pg_read_all_settings, and needed only on a standby: its own statement.
     "primary_conninfo": "SELECT current_setting('primary_conninfo')",
@@ -169,22 +299,32 @@ STATEMENTS = {
 
 
 def run_isolated(pgconn: PGconn, statements: list[str], deadline: float) -> list[Rows | str]:
-    """Run STATEMENTS in one round trip, each in its own implicit transaction; rows (text) or an error each.
+    """Run STATEMENTS in one round trip, each in its own implicit transaction; rows (text) or an error each."""
+    send_isolated(pgconn, [(sql, None) for sql in statements])
+    return receive_isolated(pgconn, len(statements), deadline)
+
+
+def send_isolated(pgconn: PGconn, statements: list[tuple[str, list[bytes] | None]]) -> None:
+    """Send STATEMENTS (with their parameters) in one round trip, each in its own implicit transaction.
 
     libpq's pipeline mode with a Sync after every statement: the server runs them back to back and
-    a failing one aborts only itself. Cold catalog caches make every first query of a fresh backend
-    slow; paying one network round trip and one Python wake-up for all of them instead of one per
-    statement saves about half a millisecond per scrape (bench/scrape.py).
+    a failing one aborts only itself. Paying one network round trip and one Python wake-up for all of
+    them instead of one per statement saves about half a millisecond per scrape (bench/scrape.py).
+    Sending never waits for the server: the whole pipeline fits the socket's buffer.
     """
     pgconn.enter_pipeline_mode()
-    for sql in statements:
-        pgconn.send_query_params(sql.encode(), None)
+    for sql, params in statements:
+        pgconn.send_query_params(sql.encode(), params)
         pgconn.pipeline_sync()
     while pgconn.flush():
-        wait_socket(pgconn.socket, deadline, write=True)
+        wait_socket(pgconn.socket, time.monotonic() + 1.0, write=True)
+
+
+def receive_isolated(pgconn: PGconn, count: int, deadline: float) -> list[Rows | str]:
+    """The rows (text) or the error of each of the COUNT statements send_isolated sent; leaves pipeline mode."""
     out: list[Rows | str] = []
     current: Rows | str | None = None
-    while len(out) < len(statements):
+    while len(out) < count:
         while pgconn.is_busy():
             wait_socket(pgconn.socket, deadline)
             pgconn.consume_input()

@@ -8,6 +8,8 @@ its last CPU time moves into a retired total, so pg_process_cpu_seconds_total ne
 Reading /proc/PID/stat costs the kernel four times more than /proc/PID/schedstat, and most backends
 of a busy server sit idle between two scrapes. So stat (for user/system time) is re-read only when
 schedstat shows the process has run since the last scrape; otherwise its times cannot have changed.
+Memory (statm) is re-read then too, and at least every MEMORY_REFRESH scrapes: a sleeping process
+allocates nothing, though the kernel may reclaim some of its pages meanwhile.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ FDS_PER_PROCESS = 3  # stat, statm, schedstat
 # measured with 1000 backends, the SQL visit then ends as early as with no walk at all.
 YIELD_EVERY = 32
 SMALL_READ = 256  # statm and schedstat are under 100 bytes; a small buffer stays in Python's fast allocator
+MEMORY_REFRESH = 8  # scrapes an idle process's statm may go unread (spread over processes by pid)
 
 
 class ProcessGone(Exception):
@@ -38,6 +41,7 @@ class TrackedProcess:
     __slots__ = (
         "anon",
         "backend_type",
+        "idle_scrapes",
         "own",
         "pid",
         "sched",
@@ -57,6 +61,7 @@ class TrackedProcess:
         self.pid = pid
         self.backend_type: str | None = None
         self.own = False  # the exporter's own SQL backend: tracked, but never reported or accounted
+        self.idle_scrapes = pid % MEMORY_REFRESH  # staggered: processes re-read statm in different scrapes
         self.stat_fd: int | None = None
         self.statm_fd: int | None = None
         self.sched_fd: int | None = None
@@ -148,8 +153,9 @@ class ProcessTracker:
     def walk(self, postmaster_pid: int | None) -> list[TrackedProcess]:
         """The postmaster and its live children, freshly read; processes that exited are retired.
 
-        The loop is the scrape's hot path (once per backend): two preads, two byte comparisons and,
-        only for a process that ran or whose memory changed, parsing.
+        The loop is the scrape's hot path (once per backend): one pread and one byte comparison for a
+        process that slept since the last scrape; for one that ran (or is due a memory refresh) statm
+        too, and parsing only of what changed.
         """
         live: list[TrackedProcess] = []
         procs = self._procs
@@ -162,9 +168,13 @@ class ProcessTracker:
             if proc is not None:
                 try:
                     if proc.sched_fd is not None:
-                        statm, sched = pread(proc.statm_fd, SMALL_READ, 0), pread(proc.sched_fd, SMALL_READ, 0)  # type: ignore[arg-type]  # sched_fd set implies statm_fd set
-                        if sched != proc.sched or statm != proc.statm:
-                            proc.update(statm, sched)
+                        sched = pread(proc.sched_fd, SMALL_READ, 0)
+                        proc.idle_scrapes += 1
+                        if sched != proc.sched or proc.idle_scrapes >= MEMORY_REFRESH:
+                            proc.idle_scrapes = 0
+                            statm = pread(proc.statm_fd, SMALL_READ, 0)  # type: ignore[arg-type]  # sched_fd set implies statm_fd set
+                            if sched != proc.sched or statm != proc.statm:
+                                proc.update(statm, sched)
                     elif proc.statm_fd is not None:
                         proc.update(pread(proc.statm_fd, SMALL_READ, 0), b"")
                     else:
@@ -188,13 +198,14 @@ class ProcessTracker:
                 self._retire(pid)
         return live
 
-    def disown(self, live: list[TrackedProcess], pid: int | None) -> list[TrackedProcess]:
-        """LIVE without the exporter's own backend PID, which is never reported nor accounted."""
-        proc = self._procs.get(pid) if pid is not None else None
-        if proc is None:
+    def disown(self, live: list[TrackedProcess], pids: list[int]) -> list[TrackedProcess]:
+        """LIVE without the exporter's own backends PIDS, which are never reported nor accounted."""
+        own = [proc for pid in pids if (proc := self._procs.get(pid)) is not None]
+        if not own:
             return live
-        proc.own = True
-        return [p for p in live if p is not proc]
+        for proc in own:
+            proc.own = True
+        return [p for p in live if not p.own]
 
     def _retire(self, pid: int) -> None:
         proc = self._procs.pop(pid)
