@@ -21,7 +21,7 @@ class ScrapeContext:
     sql: SqlFacts  # this scrape's SQL visit (up=False with a reason when it could not happen)
     known: SqlFacts | None  # the last successful visit: settings and version rarely change
     processes: list[TrackedProcess] | None = None
-    # The pids of the exporter's own SQL backends (not clients to count), once their connect attempts ended.
+    # The pid of this scrape's fresh SQL backend (not a client to count), once its connect attempt ended.
     own_backends: Callable[[], list[int]] = list
     labels: dict[str, str] = field(default_factory=dict)
     # Why the identity rule could not decide whose process postmaster.pid names (/proc not readable).

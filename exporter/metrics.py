@@ -51,7 +51,8 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "pg_backend_memory_anon_max_bytes": (GAUGE, "Largest private (RssAnon) memory of one client backend (/proc)."),
     "pg_client_connections": (
         GAUGE,
-        "Client backends counted from /proc process titles: visible even when no new connection is possible.",
+        "Client backends counted from /proc process titles: visible even when no new connection is possible. "
+        "The exporter's statistics session is one (it holds a slot); the scrape's own fresh connection is not.",
     ),
     "pg_filesystem_size_bytes": (
         GAUGE,

@@ -77,8 +77,8 @@ class InstanceScraper:
 
 
 class OwnBackend:
-    """The backend pids of this scrape's own SQL connections (the fresh one, the statistics session),
-    once their connection attempts have ended."""
+    """The backend pid of this scrape's fresh SQL connection (a list: none when it failed), once its
+    connection attempt has ended."""
 
     def __init__(self) -> None:
         self.pids: list[int] = []

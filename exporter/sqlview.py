@@ -20,7 +20,7 @@ from psycopg.pq.abc import PGconn
 
 from pgmedic import workers
 from pgmedic.config import InstanceConfig
-from pgmedic.connection import first_line, open_pgconn, wait_socket
+from pgmedic.connection import APPLICATION_NAME, first_line, open_pgconn, wait_socket
 from pgmedic.pidfile import PidFile
 
 # The settings the collectors read, and every setting the worker table decides by (primary_conninfo
@@ -41,13 +41,16 @@ SETTINGS = (
 _UNIT_BYTES = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 
 # One scan of the function behind pg_stat_activity gives both the counts and the oldest transaction per
-# state. The view would join pg_database and pg_authid per row and, in a brand-new backend, load its
+# state. It is sent before this scrape's fresh connection exists, so backends named like the exporter's
+# come back one per row (their pid in the last column): the fresh one, if it was already there, is
+# left out afterwards. The view would join pg_database and pg_authid per row and, in a brand-new backend, load its
 # rewrite rules first: the function alone halves the cost. Database names come from DATABASES_SQL.
-ACTIVITY_SQL = """
-SELECT datid, state, count(*), max(extract(epoch FROM clock_timestamp() - xact_start))
+ACTIVITY_SQL = f"""
+SELECT datid, state, count(*), max(extract(epoch FROM clock_timestamp() - xact_start)),
+       CASE WHEN application_name = '{APPLICATION_NAME}' THEN pid END
 FROM pg_stat_get_activity(NULL)
-WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND pid <> $1::int AND state IS NOT NULL
-GROUP BY 1, 2
+WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND state IS NOT NULL
+GROUP BY 1, 2, 5
 """
 # The transaction ID and multixact ages of every database (templates too: wraparound stops them all).
 DATABASES_SQL = (
@@ -182,10 +185,11 @@ def fetch(
     """A fresh connection and SELECT 1 (pg_up), and sqlview's queries plus the EXTRA statements for this
     server's version in one pipelined round trip over SESSION; never raises.
 
-    The statistics are sent first, so the server runs them while the fresh connection is being made;
-    only the activity query waits for it (it must leave the fresh backend out). ON_CONNECTED gets the
-    backend pids of the exporter's own connections (none if the fresh connection failed) as soon as they
-    are known, so the OS view can leave them out of its counts.
+    The statistics are sent first, so the server runs them while the fresh connection is being made
+    (the activity counts leave the fresh backend out afterwards, by pid). ON_CONNECTED gets the fresh
+    backend's pid (none if the connection failed) as soon as it is known, so the OS view can leave it
+    out of its counts. The session's backend is counted there: it holds a connection slot like any
+    client, and PostgresConnectionsExhausted compares slots in use with the limit.
     """
     deadline = time.monotonic() + timeout
     facts = SqlFacts()
@@ -209,20 +213,13 @@ def fetch(
             fresh.finish()
 
 
-def _statements_for(version_num: int, extra: Sequence[Statement]) -> dict[str, str]:
-    """Every statement for this server version, activity last (it is sent once the fresh backend is known)."""
-    own = {s.name: s.sql for s in extra if s.applies_to(version_num)}
-    ordered = {name: sql for name, sql in STATEMENTS.items() if name != "activity"}
-    return {**ordered, **own, "activity": STATEMENTS["activity"]}
-
-
 def _send_statistics(
     session: StatsSession, cfg: InstanceConfig, pid_file: PidFile | None, extra: Sequence[Statement], deadline: float
 ) -> dict[str, str]:
-    """Open the session if needed and send every statement but activity; the statements, in order."""
+    """Open the session if needed and send every statement for this server's version; them, in order."""
     stats = session.ensure(cfg, pid_file, deadline)
-    statements = _statements_for(stats.server_version, extra)
-    send_isolated(stats, [(sql, None) for name, sql in statements.items() if name != "activity"])
+    statements = {**STATEMENTS, **{s.name: s.sql for s in extra if s.applies_to(stats.server_version)}}
+    send_isolated(stats, [(sql, None) for sql in statements.values()])
     return statements
 
 
@@ -237,18 +234,15 @@ def _visit(
     facts: SqlFacts,
     on_connected: Callable[[list[int]], None],
 ) -> SqlFacts:
-    # The fresh backend is a client like any other to the activity query: left out by pid.
-    fresh_pid = [str(fresh.backend_pid).encode()]
     results: dict[str, Rows | str] | None = None
     try:
         send_isolated(fresh, [(PROBE_SQL, None)])
-        on_connected([pid for pid in (fresh.backend_pid, session.backend_pid) if pid])
+        on_connected([fresh.backend_pid])
         for attempt in (1, 2):  # a session the server dropped (a restart) is replaced once, within the deadline
             try:
                 if statements is None:
                     statements = _send_statistics(session, cfg, pid_file, extra, deadline)
                 assert session.pgconn is not None
-                send_isolated(session.pgconn, [(statements["activity"], fresh_pid)])
                 received = receive_isolated(session.pgconn, len(statements), deadline)
                 results = dict(zip(statements, received, strict=True))
                 facts.errors.pop("session", None)
@@ -274,7 +268,8 @@ def _visit(
         return _failed_all(facts, own)
     facts.results = {s.name: results[s.name] for s in own}
     _step(facts, "settings", lambda: _settings(facts, results["settings"], results["primary_conninfo"]))
-    _step(facts, "activity", lambda: _activity(facts, results["databases"], results["activity"]))
+    own_pid = str(fresh.backend_pid)
+    _step(facts, "activity", lambda: _activity(facts, results["databases"], results["activity"], own_pid))
     return facts
 
 
@@ -368,7 +363,8 @@ def _settings(facts: SqlFacts, result: Rows | str, primary_conninfo: Rows | str)
         facts.settings["primary_conninfo"] = _rows(primary_conninfo)[0][0] or ""
 
 
-def _activity(facts: SqlFacts, databases: Rows | str, activity: Rows | str) -> None:
+def _activity(facts: SqlFacts, databases: Rows | str, activity: Rows | str, fresh_pid: str) -> None:
+    """Counts by database and state, without this scrape's fresh backend (FRESH_PID) if the scan saw it."""
     names: dict[str | None, str] = {}
     for oid, datname, connectable, xid_age, mxid_age in _rows(databases):
         names[oid] = datname or ""
@@ -376,7 +372,12 @@ def _activity(facts: SqlFacts, databases: Rows | str, activity: Rows | str) -> N
             facts.databases.append(datname or "")
         facts.database_ages[datname or ""] = (int(xid_age or 0), int(mxid_age or 0))
     facts.databases.sort()
-    for datid, state, count, oldest in _rows(activity):
-        facts.activity.append((names.get(datid, ""), state or "", int(count or 0)))
+    counts: dict[tuple[str, str], int] = {}
+    for datid, state, count, oldest, pid in _rows(activity):
+        if pid == fresh_pid:
+            continue
+        key = (names.get(datid, ""), state or "")
+        counts[key] = counts.get(key, 0) + int(count or 0)
         if oldest is not None and state is not None:
             facts.max_tx[state] = max(facts.max_tx.get(state, 0.0), float(oldest))
+    facts.activity = [(datname, state, n) for (datname, state), n in counts.items()]

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pgmedic.config import load_config
 from pgmedic.connection import open_pgconn
-from pgmedic.demo.sandbox import Cluster, Service, new_standby, owner, wait_for
+from pgmedic.demo.sandbox import Cluster, Service, as_owner, new_standby, owner, wait_for
 
 # Runs on every PostgreSQL version of the matrix (tests/conftest.py), except those marked one_pg.
 pytestmark = pytest.mark.every_pg
@@ -214,6 +214,7 @@ def test_running_instances_every_metric(make_cluster: Callable[..., Cluster], ex
 
 def test_activity_and_memory_of_real_clients(cluster: Cluster, exporter_for) -> None:
     service = exporter_for(cluster)
+    scrape(service, timeout_header=5)  # the first scrape opens the statistics session
     dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user={owner()}"
     with psycopg.connect(dsn) as busy, psycopg.connect(dsn, autocommit=True) as idle:
         busy.execute("SELECT 1")  # opens a transaction, left idle in transaction
@@ -237,10 +238,15 @@ def test_activity_and_memory_of_real_clients(cluster: Cluster, exporter_for) -> 
             value(samples, "pg_stat_activity_max_tx_duration_seconds", pg_instance="main", state="idle in transaction")
             >= 1
         )
-        assert value(samples, "pg_client_connections", pg_instance="main") == 2
-        for _ in range(5):  # the exporter's own backend is never counted, whatever the timing
+        # The two clients and the exporter's statistics session (it holds a slot); never the scrape's own
+        # fresh connection, whatever the timing, and never in the activity counts above.
+        assert value(samples, "pg_client_connections", pg_instance="main") == 3
+        for _ in range(5):
             again, _ = scrape(service, timeout_header=5)
-            assert value(again, "pg_client_connections", pg_instance="main") == 2
+            assert value(again, "pg_client_connections", pg_instance="main") == 3
+            assert (
+                value(again, "pg_stat_activity_connections", pg_instance="main", datname="postgres", state="idle") == 1
+            )
         largest = value(samples, "pg_backend_memory_anon_max_bytes", pg_instance="main")
         total = value(
             samples, "pg_process_memory_bytes", pg_instance="main", backend_type="client_backend", kind="anon"
@@ -430,7 +436,9 @@ def test_cpu_counter_never_decreases_when_backends_exit(cluster: Cluster, export
     after = value(
         samples, "pg_process_cpu_seconds_total", pg_instance="main", backend_type="client_backend", mode="user"
     )
-    assert value(samples, "pg_client_connections", pg_instance="main") == 0, "the backend has exited"
+    assert value(samples, "pg_client_connections", pg_instance="main") == 1, (
+        "the backend has exited: the session is left"
+    )
     assert after >= during, "a counter never goes down when the process behind it exits"
 
 
@@ -567,3 +575,41 @@ def test_tracker_without_spare_descriptors_reads_the_same(cluster: Cluster) -> N
         assert all(anon for _, _, anon in with_fds.values())
     kept.close()
     by_path.close()
+
+
+@pytest.mark.one_pg
+def test_statistics_session_survives_a_restart_and_never_holds_up_a_smart_shutdown(
+    cluster: Cluster, exporter_for
+) -> None:
+    """The long-lived statistics session: the first scrape after a server restart replaces the session the
+    server dropped (statistics present at once), and a smart shutdown, which waits for every session to
+    end, completes because the refused fresh connection makes the exporter let go of its session."""
+    service = exporter_for(cluster)
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmedic'"
+    scrape(service, timeout_header=5)
+    assert cluster.psql(sessions) == "1", "one session kept between scrapes"
+    cluster.pg_ctl("stop", "-m", "fast", "-w")
+    cluster.start()
+    samples, _ = scrape(service, timeout_header=5)
+    assert value(samples, "pg_up", pg_instance="main") == 1
+    for collector in ("settings", "activity", "slots", "archiver"):
+        assert value(samples, "pgmedic_collector_success", pg_instance="main", collector=collector) == 1, collector
+
+    stop = subprocess.Popen(
+        as_owner(
+            [os.path.join(cluster.bin_dir, "pg_ctl"), "-D", str(cluster.data), "stop", "-m", "smart", "-w", "-t", "30"]
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while stop.poll() is None and time.monotonic() < deadline:
+            scrape(service, timeout_header=2)  # Prometheus keeps scraping during the shutdown
+            time.sleep(0.3)
+        assert stop.poll() == 0, "the smart shutdown completed while the exporter kept scraping"
+    finally:
+        if stop.poll() is None:
+            stop.kill()
+    samples, _ = scrape(service, timeout_header=5)
+    assert value(samples, "pg_up", pg_instance="main") == 0

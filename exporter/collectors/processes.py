@@ -17,7 +17,7 @@ MEMORY_KINDS = ("anon", "shared", "swap")
 
 def collect(ctx: ScrapeContext, out: MetricSet) -> None:
     ctx.require_identity()
-    # The walk overlaps the SQL visit's connect; the exporter's own backends are left out afterwards.
+    # The walk overlaps the SQL visit's connect; the scrape's own fresh backend is left out afterwards.
     walked = ctx.tracker.walk(ctx.postmaster.pid if ctx.postmaster else None)
     procs = ctx.processes = ctx.tracker.disown(walked, ctx.own_backends())
     # One pass over every process (a thousand backends is the hot path): per type, count, memory, CPU.
