@@ -142,6 +142,10 @@ class StatsSession:
     def backend_pid(self) -> int | None:
         return self.pgconn.backend_pid if self.pgconn is not None else None
 
+    @property
+    def is_open(self) -> bool:
+        return self.pgconn is not None and self.pgconn.status == pq.ConnStatus.OK
+
     def ensure(self, cfg: InstanceConfig, pid_file: PidFile | None, deadline: float) -> PGconn:
         """The open session, opened now if there is none (or it broke)."""
         if self.pgconn is not None and self.pgconn.status != pq.ConnStatus.OK:
@@ -195,11 +199,12 @@ def fetch(
     facts = SqlFacts()
     with session:
         statements: dict[str, str] | None = None
-        try:
-            statements = _send_statistics(session, cfg, pid_file, extra, deadline)
-        except Exception as exc:  # opened again below, once the fresh connection says the server is there
-            session.drop()
-            facts.errors["session"] = first_line(exc)
+        if session.is_open:  # never opened before the fresh connection: pg_up must not wait for it
+            try:
+                statements = _send_statistics(session, cfg, pid_file, extra, deadline)
+            except Exception as exc:  # opened again after the fresh connection
+                session.drop()
+                facts.errors["session"] = first_line(exc)
         try:
             fresh = open_pgconn(cfg, pid_file, deadline)
         except Exception as exc:
@@ -234,26 +239,10 @@ def _visit(
     facts: SqlFacts,
     on_connected: Callable[[list[int]], None],
 ) -> SqlFacts:
-    results: dict[str, Rows | str] | None = None
+    """pg_up from the fresh connection first, whatever the session does; then the statistics."""
     try:
         send_isolated(fresh, [(PROBE_SQL, None)])
         on_connected([fresh.backend_pid])
-        for attempt in (1, 2):  # a session the server dropped (a restart) is replaced once, within the deadline
-            try:
-                if statements is None:
-                    statements = _send_statistics(session, cfg, pid_file, extra, deadline)
-                assert session.pgconn is not None
-                received = receive_isolated(session.pgconn, len(statements), deadline)
-                results = dict(zip(statements, received, strict=True))
-                facts.errors.pop("session", None)
-                break
-            except Exception as exc:
-                broken = session.pgconn is not None and session.pgconn.status == pq.ConnStatus.BAD
-                session.drop()
-                statements = None
-                facts.errors["session"] = first_line(exc)
-                if not broken or isinstance(exc, TimeoutError) or attempt == 2:
-                    break
         (probe,) = receive_isolated(fresh, 1, deadline)
     except Exception as exc:  # the fresh connection failed, or the deadline passed
         probe = first_line(exc)
@@ -262,8 +251,8 @@ def _visit(
         session.drop()
         return facts
     facts.up = True
-    version = fresh.server_version
-    own = [s for s in extra if s.applies_to(version)]
+    own = [s for s in extra if s.applies_to(fresh.server_version)]
+    results = _receive_statistics(session, cfg, pid_file, statements, extra, deadline, facts)
     if results is None:
         return _failed_all(facts, own)
     facts.results = {s.name: results[s.name] for s in own}
@@ -271,6 +260,35 @@ def _visit(
     own_pid = str(fresh.backend_pid)
     _step(facts, "activity", lambda: _activity(facts, results["databases"], results["activity"], own_pid))
     return facts
+
+
+def _receive_statistics(
+    session: StatsSession,
+    cfg: InstanceConfig,
+    pid_file: PidFile | None,
+    statements: dict[str, str] | None,
+    extra: Sequence[Statement],
+    deadline: float,
+    facts: SqlFacts,
+) -> dict[str, Rows | str] | None:
+    """The statistics sent early (STATEMENTS), or sent now over a session opened now; None if they could
+    not be had by the deadline. A session the server dropped (a restart) is replaced once."""
+    for attempt in (1, 2):
+        try:
+            if statements is None:
+                statements = _send_statistics(session, cfg, pid_file, extra, deadline)
+            assert session.pgconn is not None
+            received = receive_isolated(session.pgconn, len(statements), deadline)
+            facts.errors.pop("session", None)
+            return dict(zip(statements, received, strict=True))
+        except Exception as exc:
+            broken = session.pgconn is not None and session.pgconn.status == pq.ConnStatus.BAD
+            session.drop()
+            statements = None
+            facts.errors["session"] = first_line(exc)
+            if not broken or isinstance(exc, TimeoutError) or attempt == 2:
+                break
+    return None
 
 
 def _failed_all(facts: SqlFacts, own: Sequence[Statement]) -> SqlFacts:

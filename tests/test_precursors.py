@@ -41,7 +41,7 @@ def test_primary_and_standby_report_archiving_slots_wraparound_checkpoints_and_r
     make_cluster: Callable[..., Cluster], exporter_for: Callable[..., Service]
 ) -> None:
     primary = make_cluster("primary", start=False)
-    primary.configure(archive_mode="on", archive_command="false", wal_level="replica")
+    primary.configure(archive_mode="on", archive_command="false", wal_level="replica", max_slot_wal_keep_size="1GB")
     primary.start()
     primary.psql("SELECT pg_create_physical_replication_slot('forgotten', true)")
     standby = new_standby(primary, "replica")
@@ -98,12 +98,20 @@ def test_primary_and_standby_report_archiving_slots_wraparound_checkpoints_and_r
         standby_labels = {"pg_instance": "primary", "application_name": "replica"}
         for kind in ("sent", "write", "flush", "replay"):
             assert value(samples, "pg_stat_replication_lag_bytes", **standby_labels, kind=kind) >= 0
+        for kind in ("write", "flush", "replay"):
+            assert 0 <= value(samples, "pg_stat_replication_lag_seconds", **standby_labels, kind=kind) < 60
         assert value(samples, "pg_replication_lag_seconds", pg_instance="replica") >= 0
+        assert value(samples, "pg_replication_replay_lag_bytes", pg_instance="replica") >= 0
+        for status in ("stopped", "starting", "waiting", "restarting", "stopping"):
+            assert value(samples, "pg_wal_receiver_status", pg_instance="replica", status=status) == 0
 
         # An inactive slot retains WAL, more as more is written.
         slot = {"pg_instance": "primary", "slot_name": "forgotten"}
         assert value(samples, "pg_replication_slot_slot_is_active", **slot) == 0
         assert value(samples, "pg_replication_slot_wal_status", **slot, wal_status="reserved") == 1
+        assert value(samples, "pg_replication_slot_wal_status", **slot, wal_status="lost") == 0
+        # max_slot_wal_keep_size (1 GB): what can still be written before the slot is lost.
+        assert 0 < value(samples, "pg_replication_slot_safe_wal_size_bytes", **slot) <= 1024 * MIB
         before = value(samples, "pg_replication_slot_retained_wal_bytes", **slot)
         primary.psql("INSERT INTO t SELECT g FROM generate_series(1, 100000) g")
         samples = until(
@@ -127,6 +135,13 @@ def test_primary_and_standby_report_archiving_slots_wraparound_checkpoints_and_r
             age / value(samples, "pg_settings_autovacuum_freeze_max_age", pg_instance="primary")
         )
         assert has(samples, "pg_database_frozen_xid_age", pg_instance="primary", datname="template0")
+        mxid_age = int(primary.psql("SELECT mxid_age(datminmxid) FROM pg_database WHERE datname = 'postgres'"))
+        assert value(samples, "pg_database_min_multixact_age", pg_instance="primary", datname="postgres") == mxid_age
+        multixact_limit = value(samples, "pg_settings_autovacuum_multixact_freeze_max_age", pg_instance="primary")
+        assert multixact_limit == int(primary.psql("SHOW autovacuum_multixact_freeze_max_age"))
+        assert value(
+            samples, "pg_database_freeze_max_age_ratio", pg_instance="primary", datname="postgres", kind="multixact"
+        ) == pytest.approx(mxid_age / multixact_limit)
 
         # Checkpoints (pg_stat_bgwriter before 17, pg_stat_checkpointer from 17): a CHECKPOINT is requested.
         requested = value(samples, "pg_stat_bgwriter_checkpoints_req_total", pg_instance="primary")
@@ -136,6 +151,8 @@ def test_primary_and_standby_report_archiving_slots_wraparound_checkpoints_and_r
             "the requested checkpoint counted",
             lambda s: value(s, "pg_stat_bgwriter_checkpoints_req_total", pg_instance="primary") > requested,
         )
+        for name in ("primary", "replica"):  # timed ones need checkpoint_timeout (30 s at least) to pass
+            assert value(samples, "pg_stat_bgwriter_checkpoints_timed_total", pg_instance=name) >= 0
         for name in ("primary", "replica"):
             for collector in NEW_COLLECTORS:
                 assert value(samples, "pgmedic_collector_success", pg_instance=name, collector=collector) == 1
@@ -225,7 +242,7 @@ def test_filesystems_of_data_wal_and_tablespace_from_the_os_also_while_down(
         assert value(samples, "pg_filesystem_size_bytes", **wal, path=str(walfs)) == 64 * MIB
         assert has(samples, "pg_filesystem_size_bytes", pg_instance="main", holds="data", path=str(cluster.data))
         assert has(samples, "pg_filesystem_avail_bytes", pg_instance="main", holds="tablespace", path=str(space))
-        assert value(samples, "pg_filesystem_files_free", **wal) > 0
+        assert 0 < value(samples, "pg_filesystem_files_free", **wal) <= value(samples, "pg_filesystem_files", **wal)
         on_disk = sum(e.stat().st_size for e in os.scandir(walfs) if e.is_file())
         assert value(samples, "pg_wal_size_bytes", pg_instance="main") == on_disk
         segments = [e for e in os.scandir(walfs) if e.is_file() and len(e.name) == 24]
