@@ -359,9 +359,14 @@ def test_a_crash_during_the_wait_after_a_start_is_repaired_at_once(rig: Rig, tru
     kill_postmaster(rig.cluster)
     began = time.monotonic()
     assert rig.post(alert_payload("PostgresPostmasterDown", "main"))[0] == 200
-    rig.wait_event("episode_done", timeout=30)
+    try:
+        rig.wait_event("episode_done", timeout=55)
+    except TimeoutError:
+        raise AssertionError(f"no episode_done: {[(e['kind'], e.get('reason')) for e in rig.events()]}") from None
     took = time.monotonic() - began
-    assert took < 10, f"repaired after {took:.1f}s: the wait did not notice the crash (start_timeout is 60s)"
+    # Far within start_timeout (60 s): the wait noticed the crash instead of sitting it out. Usually 2-4 s;
+    # on a loaded machine the killed postmaster's zombie and orphans take longer to go.
+    assert took < 30, f"repaired after {took:.1f}s: the wait did not notice the crash (start_timeout is 60s)"
     kinds = Counter(rig.kinds())
     assert kinds["restart_started"] == 2 and kinds["recovered"] == 1 and kinds["wait_ended"] == 1, kinds
     assert mark.exists()
