@@ -16,12 +16,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import yaml
 
 from pgmedic.demo.sandbox import Cluster, make_temp_dir, new_standby, owner, small_filesystem, wait_for
 from pgmedic.demo.stack import ALERTS_DIR, Stack, build_stack
 from tests.e2e.test_dashboard_queries import BOARD, PRECURSOR_ROWS, empty_queries, panels_in_rows
+from tests.test_precursors import connect
 
 # Room for the segments the slot keeps (the base backup's, an archived and a failing one) and, once
 # filled to LEFT_FREE (under 10 %), still for the next segment: the server must keep running.
@@ -48,12 +48,6 @@ def rules_without_waits(dest: Path) -> Path:
         rule["for"] = "0s"
     rules.write_text(yaml.safe_dump(doc))
     return dest
-
-
-def connect(cluster: Cluster) -> psycopg.Connection:
-    return psycopg.connect(
-        host=str(cluster.socket_dir), port=cluster.port, dbname="postgres", user=owner(), autocommit=True
-    )
 
 
 @contextlib.contextmanager
