@@ -21,6 +21,8 @@ class ScrapeContext:
     sql: SqlFacts  # this scrape's SQL visit (up=False with a reason when it could not happen)
     known: SqlFacts | None  # the last successful visit: settings and version rarely change
     processes: list[TrackedProcess] | None = None
+    # The processes collector's walk (live, skipped), made while the SQL visit was on its way.
+    walked: tuple[list[TrackedProcess], list[TrackedProcess]] | None = None
     # The pid of this scrape's fresh SQL backend (not a client to count), once its connect attempt ended.
     own_backends: Callable[[], list[int]] = list
     labels: dict[str, str] = field(default_factory=dict)

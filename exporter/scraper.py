@@ -14,17 +14,18 @@ import logging
 import resource
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import ModuleType
 
 from pgmedic import __version__
 from pgmedic.config import Config, InstanceConfig
-from pgmedic.instance import Instance, Verdict
+from pgmedic.instance import Identity, Instance, Verdict
 from pgmedic.pidfile import PidFile
 
 from . import sqlview
-from .collectors import OS_COLLECTORS, SQL_COLLECTORS
+from .collectors import OS_COLLECTORS, PREPARED, SQL_COLLECTORS
 from .context import CollectorFailed, ScrapeContext
 from .metrics import MetricSet
 from .sqlview import SqlFacts
@@ -49,9 +50,11 @@ class InstanceScraper:
         self.tracker_lock = threading.Lock()
 
     def start_sql(
-        self, executor: ThreadPoolExecutor, pid_file: PidFile | None, timeout: float
-    ) -> tuple[Future[SqlFacts], OwnBackend]:
-        """This scrape's SQL visit: the one in flight if there is one (shared), else a new one.
+        self, executor: ThreadPoolExecutor | None, pid_file: PidFile | None, timeout: float
+    ) -> tuple[Future[SqlFacts], OwnBackend, Callable[[Callable[[], None]], None] | None]:
+        """This scrape's SQL visit: the one in flight if there is one (shared), else a new one, run by
+        EXECUTOR, or (EXECUTOR None) by the caller through the returned function, which takes what to
+        do meanwhile (None for a visit already under way or in EXECUTOR).
 
         Single flight that shares: overlapping scrapes (an HA pair of Prometheus servers scraping
         milliseconds apart) wait for the same visit and report its answer, so a stuck server never
@@ -61,19 +64,41 @@ class InstanceScraper:
         """
         with self._visit_lock:
             if self._visit is not None and not self._visit[0].done():
-                return self._visit
+                return (*self._visit, None)
             own = OwnBackend()
 
-            def visit() -> SqlFacts:
+            def visit(meanwhile: Callable[[], None] | None = None) -> SqlFacts:
                 try:
                     return sqlview.fetch(
-                        self.instance.config, pid_file, timeout, own.connected, self.session, COLLECTOR_STATEMENTS
-                    )
+                        self.instance.config, pid_file, timeout, own.connected, self.session, COLLECTOR_STATEMENTS,
+                        meanwhile,
+                    )  # fmt: skip
                 finally:
                     own.connected([])  # wakes a waiter even if fetch ended early
 
-            self._visit = (executor.submit(visit), own)
-            return self._visit
+            if executor is not None:
+                self._visit = (executor.submit(visit), own)
+                return (*self._visit, None)
+            future: Future[SqlFacts] = Future()
+            future.set_running_or_notify_cancel()
+            self._visit = (future, own)
+
+            def run(meanwhile: Callable[[], None]) -> None:
+                pending = [meanwhile]
+
+                def once() -> None:
+                    if pending:
+                        pending.pop()()
+
+                try:
+                    future.set_result(visit(once))
+                except BaseException as exc:  # fetch never raises; a bug must still wake the sharers
+                    future.set_exception(exc)
+                    raise
+                finally:
+                    once()  # the visit ended before its connection was on its way: the OS view all the same
+
+            return future, own, run
 
 
 class OwnBackend:
@@ -116,38 +141,56 @@ class Exporter:
         deadline = began + max(0.1, timeout)
         out = MetricSet()
         out.add("pgmedic_build_info", {"version": __version__}, 1)
-        plans = []
+        plans: list[tuple[InstanceScraper, PidFile | None, Identity, tuple[Future[SqlFacts], OwnBackend] | None]] = []
+        inline = None  # one new visit runs in this thread: no thread hand-over on the scrape's path
         for scraper in self.scrapers:
             pid_file = scraper.instance.pid_file()
             identity = scraper.instance.identify(pid_file)
             postmaster = identity.postmaster
-            visit = None
-
+            visit: tuple[Future[SqlFacts], OwnBackend] | None = None
             if postmaster is not None:
-                visit = scraper.start_sql(self.executor, pid_file, deadline - time.monotonic())
+                future, own, run = scraper.start_sql(
+                    self.executor if inline else None, pid_file, deadline - time.monotonic()
+                )
+                inline = inline or run
+                visit = (future, own)
             plans.append((scraper, pid_file, identity, visit))
-        # The OS view runs while the SQL visits connect and query: their waits overlap. The processes
-        # collector asks for the exporter's own backend only after its walk, to leave it out.
-        contexts = []
-        for scraper, pid_file, identity, visit in plans:
-            future, own = visit if visit is not None else (None, None)
-            ctx = ScrapeContext(
-                scraper.instance, scraper.tracker, pid_file, identity.postmaster, PENDING, scraper.known
-            )
-            if identity.verdict is Verdict.UNVERIFIABLE:
-                ctx.unverifiable = identity.reason
-            if own is not None:
-                ctx.own_backends = functools.partial(own.wait_until, deadline)
-            with scraper.tracker_lock:  # two concurrent scrapes must not interleave CPU accounting
-                for collector in OS_COLLECTORS:
-                    self._run(collector, ctx, out)
-            contexts.append((scraper, ctx, future))
-        for scraper, ctx, future in contexts:
-            ctx.sql = self._await(future, deadline)
+        # The OS view runs while the SQL visits connect and query: their waits overlap (the visit run
+        # here does it once its connection is on its way). The processes collector walks /proc now and
+        # reports after the visit, which names the client backends that may have run (and the
+        # exporter's own backends, left out).
+        contexts: list[tuple[InstanceScraper, ScrapeContext, Future[SqlFacts] | None]] = []
+
+        def os_view() -> None:
+            for scraper, pid_file, identity, visit in plans:
+                answer, own = visit if visit is not None else (None, None)
+                ctx = ScrapeContext(
+                    scraper.instance, scraper.tracker, pid_file, identity.postmaster, PENDING, scraper.known
+                )
+                if identity.verdict is Verdict.UNVERIFIABLE:
+                    ctx.unverifiable = identity.reason
+                if own is not None:
+                    ctx.own_backends = functools.partial(own.wait_until, deadline)
+                with scraper.tracker_lock:  # two concurrent scrapes must not interleave CPU accounting
+                    for collector in OS_COLLECTORS:
+                        self._run(collector, ctx, out)
+                    for collector in PREPARED:
+                        with contextlib.suppress(Exception):  # its collect() runs it again and reports why
+                            collector.prepare(ctx)
+                contexts.append((scraper, ctx, answer))
+
+        if inline is not None:
+            inline(os_view)
+        else:
+            os_view()
+        for scraper, ctx, answer in contexts:
+            ctx.sql = self._await(answer, deadline)
             if ctx.sql.up and "settings" not in ctx.sql.errors:
                 scraper.known = ctx.known = ctx.sql
-            for collector in SQL_COLLECTORS:
-                self._run(collector, ctx, out)
+            with scraper.tracker_lock:
+                scraper.tracker.hint = ctx.sql.busy  # the next walk's; None (read everything) if SQL failed
+                for collector in SQL_COLLECTORS:
+                    self._run(collector, ctx, out)
         return out
 
     @staticmethod

@@ -11,7 +11,6 @@ import functools
 import html
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -135,15 +134,15 @@ def serve(config: Config, listen: str | None = None, web_config_file: str | None
     live = Live(ConfigStatus(config), Exporter(config), web)
     app = protect(create_app(config, live=live), web.current, exempt=lambda _environ: False)
     server = Server(app, host, port, web, threads=4, ident="pgmedic-exporter", max_body=0)  # GET: no bodies
-    stop = threading.Event()
     stop_on_signals(server)
-    Reloader(live.status, live.reload, "exporter").install(stop)
+    reloader = Reloader(live.status, live.reload, "exporter")
+    reloader.install()
     log.warning(
         "pgmedic exporter on %s://%s:%d/metrics for %d instance(s)", server.scheme, host, port, len(config.instances)
     )
     try:
         server.run()
     finally:
-        stop.set()
+        reloader.close()
         server.close()
     return 0

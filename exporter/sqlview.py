@@ -43,15 +43,23 @@ _UNIT_BYTES = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 # One scan of the function behind pg_stat_activity gives both the counts and the oldest transaction per
 # state. It is sent before this scrape's fresh connection exists, so backends named like the exporter's
 # come back one per row (their pid in the last column): the fresh one, if it was already there, is
-# left out afterwards. The view would join pg_database and pg_authid per row and, in a brand-new backend, load its
-# rewrite rules first: the function alone halves the cost. Database names come from DATABASES_SQL.
+# left out afterwards. So do backends that may have run since the previous scrape's scan ($1, an epoch,
+# or NULL): not idle, or idle since then. The process walk reads only those (and every other process of the
+# postmaster) each scrape; see exporter/tracker.py. A process this role may not see comes back with NULL
+# type and state: the visit then names none, and every backend is read. The view would join pg_database and pg_authid
+# per row and, in a brand-new backend, load its rewrite rules first: the function alone halves the cost.
+# Database names come from DATABASES_SQL.
 ACTIVITY_SQL = f"""
 SELECT datid, state, count(*), max(extract(epoch FROM clock_timestamp() - xact_start)),
-       CASE WHEN application_name = '{APPLICATION_NAME}' THEN pid END
+       CASE WHEN application_name = '{APPLICATION_NAME}' OR state IS DISTINCT FROM 'idle'
+                 OR state_change >= to_timestamp($1::float8) THEN pid END
 FROM pg_stat_get_activity(NULL)
-WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND state IS NOT NULL
+WHERE (backend_type = 'client backend' OR backend_type IS NULL) AND pid <> pg_backend_pid()
 GROUP BY 1, 2, 5
 """
+# How far before the previous scan was sent the next one looks for backends that went idle (seconds):
+# the same host's clock, so only the time between sending and the server's scan needs covering.
+BUSY_MARGIN = 0.25
 # The transaction ID and multixact ages of every database (templates too: wraparound stops them all).
 DATABASES_SQL = (
     "SELECT oid, datname, datallowconn AND NOT datistemplate, age(datfrozenxid), mxid_age(datminmxid) FROM pg_database"
@@ -104,6 +112,8 @@ class SqlFacts:
     errors: dict[str, str] = field(default_factory=dict)
     # The rows (or the error) of each collector's own statements (see Statement), by statement name.
     results: dict[str, Rows | str] = field(default_factory=dict)
+    # Client backends that may have run since the previous scan (see ACTIVITY_SQL); None: not known.
+    busy: set[int] | None = None
 
     def setting_bytes(self, name: str) -> float | None:
         """A memory setting as rendered by current_setting ("4MB", "16kB") in bytes."""
@@ -137,6 +147,9 @@ class StatsSession:
         self.pgconn: PGconn | None = None
         self._lock = threading.Lock()
         self._closed = False
+        # Wall time (epoch) the activity scan now in flight was sent, and the one before it that answered.
+        self.sent_at: float | None = None
+        self.scanned_since: float | None = None
 
     @property
     def backend_pid(self) -> int | None:
@@ -185,6 +198,7 @@ def fetch(
     on_connected: Callable[[list[int]], None],
     session: StatsSession,
     extra: Sequence[Statement] = (),
+    meanwhile: Callable[[], None] | None = None,
 ) -> SqlFacts:
     """A fresh connection and SELECT 1 (pg_up), and sqlview's queries plus the EXTRA statements for this
     server's version in one pipelined round trip over SESSION; never raises.
@@ -193,20 +207,35 @@ def fetch(
     (the activity counts leave the fresh backend out afterwards, by pid). ON_CONNECTED gets the fresh
     backend's pid (none if the connection failed) as soon as it is known, so the OS view can leave it
     out of its counts. The session's backend is counted there: it holds a connection slot like any
-    client, and PostgresConnectionsExhausted compares slots in use with the limit.
+    client, and PostgresConnectionsExhausted compares slots in use with the limit. MEANWHILE, if given,
+    runs once the fresh connection's startup packet is sent (the server forks and authenticates the
+    backend in the meantime): the caller's other work, in this thread; the statistics are then sent
+    after it, so the server's work and the caller's overlap rather than all three competing at once.
     """
     deadline = time.monotonic() + timeout
     facts = SqlFacts()
     with session:
         statements: dict[str, str] | None = None
-        if session.is_open:  # never opened before the fresh connection: pg_up must not wait for it
+
+        def send_early() -> None:
+            nonlocal statements
+            if session.is_open:  # never opened before the fresh connection: pg_up must not wait for it
+                try:
+                    statements = _send_statistics(session, cfg, pid_file, extra, deadline)
+                except Exception as exc:  # opened again after the fresh connection
+                    session.drop()
+                    facts.errors["session"] = first_line(exc)
+
+        def then_send() -> None:
             try:
-                statements = _send_statistics(session, cfg, pid_file, extra, deadline)
-            except Exception as exc:  # opened again after the fresh connection
-                session.drop()
-                facts.errors["session"] = first_line(exc)
+                meanwhile()  # type: ignore[misc]  # only given to open_pgconn when set
+            finally:
+                send_early()
+
+        if meanwhile is None:
+            send_early()
         try:
-            fresh = open_pgconn(cfg, pid_file, deadline)
+            fresh = open_pgconn(cfg, pid_file, deadline, then_send if meanwhile else None)
         except Exception as exc:
             facts.errors["connection"] = first_line(exc)
             session.drop()  # refused (full, stopping, starting): hold no connection meanwhile
@@ -224,7 +253,9 @@ def _send_statistics(
     """Open the session if needed and send every statement for this server's version; them, in order."""
     stats = session.ensure(cfg, pid_file, deadline)
     statements = {**STATEMENTS, **{s.name: s.sql for s in extra if s.applies_to(stats.server_version)}}
-    send_isolated(stats, [(sql, None) for sql in statements.values()])
+    since = None if session.scanned_since is None else str(session.scanned_since - BUSY_MARGIN).encode()
+    session.sent_at = time.time()
+    send_isolated(stats, [(sql, [since] if name == "activity" else None) for name, sql in statements.items()])
     return statements
 
 
@@ -259,6 +290,8 @@ def _visit(
     _step(facts, "settings", lambda: _settings(facts, results["settings"], results["primary_conninfo"]))
     own_pid = str(fresh.backend_pid)
     _step(facts, "activity", lambda: _activity(facts, results["databases"], results["activity"], own_pid))
+    if facts.busy is not None:  # the next scan looks back to this one
+        session.scanned_since = session.sent_at
     return facts
 
 
@@ -317,7 +350,7 @@ def run_isolated(pgconn: PGconn, statements: list[str], deadline: float) -> list
     return receive_isolated(pgconn, len(statements), deadline)
 
 
-def send_isolated(pgconn: PGconn, statements: list[tuple[str, list[bytes] | None]]) -> None:
+def send_isolated(pgconn: PGconn, statements: list[tuple[str, list[bytes | None] | None]]) -> None:
     """Send STATEMENTS (with their parameters) in one round trip, each in its own implicit transaction.
 
     libpq's pipeline mode with a Sync after every statement: the server runs them back to back and
@@ -391,11 +424,18 @@ def _activity(facts: SqlFacts, databases: Rows | str, activity: Rows | str, fres
         facts.database_ages[datname or ""] = (int(xid_age or 0), int(mxid_age or 0))
     facts.databases.sort()
     counts: dict[tuple[str, str], int] = {}
+    busy: set[int] | None = set()
     for datid, state, count, oldest, pid in _rows(activity):
+        if state is None:  # a backend this role may not see (or one still starting): no hint this time
+            busy = None
+            continue
+        if pid is not None and busy is not None:
+            busy.add(int(pid))
         if pid == fresh_pid:
             continue
-        key = (names.get(datid, ""), state or "")
+        key = (names.get(datid, ""), state)
         counts[key] = counts.get(key, 0) + int(count or 0)
-        if oldest is not None and state is not None:
+        if oldest is not None:
             facts.max_tx[state] = max(facts.max_tx.get(state, 0.0), float(oldest))
     facts.activity = [(datname, state, n) for (datname, state), n in counts.items()]
+    facts.busy = busy

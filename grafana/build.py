@@ -22,7 +22,7 @@ OUTPUT = Path(__file__).resolve().parent / "dashboards" / "pgmedic-overview.json
 DS = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 PG = 'job=~"$job", pg_instance=~"$pg_instance"'  # exporter series of the chosen instances
 REM = 'pg_instance=~"$pg_instance"'  # remediator series (job pgmedic-remediator)
-ON = "on (job, instance, pg_instance)"
+ON = "on (job, instance, pgmedic_host, pg_instance)"
 
 
 def query(expr: str, legend: str = "__auto", ref: str = "A", instant: bool = False) -> Dataquery:
@@ -234,7 +234,7 @@ def memory() -> list:
             [
                 query(f"pg_backend_memory_anon_max_bytes{{{PG}}}", "{{pg_instance}} largest backend"),
                 query(
-                    f'sum by (job, instance, pg_instance) (pg_process_memory_bytes{{{PG}, kind="anon", backend_type="client_backend"}})',
+                    f'sum by (job, instance, pgmedic_host, pg_instance) (pg_process_memory_bytes{{{PG}, kind="anon", backend_type="client_backend"}})',
                     "{{pg_instance}} all client backends",
                     "B",
                 ),
@@ -457,7 +457,7 @@ def replication() -> list:
                     "{{pg_instance}} {{slot_name}}",
                 ),
                 query(
-                    f"pg_replication_slot_retained_wal_bytes{{{PG}}} and on (job, instance, pg_instance, slot_name) "
+                    f"pg_replication_slot_retained_wal_bytes{{{PG}}} and on (job, instance, pgmedic_host, pg_instance, slot_name) "
                     f"pg_replication_slot_slot_is_active{{{PG}}} == 0",
                     "{{pg_instance}} {{slot_name}} (inactive)",
                     "B",
@@ -563,6 +563,16 @@ def remediation() -> list:
             "ok, acting, suspended (maintenance: no actions) or failed "
             "(budget spent: no actions until resume or the window passes; KSYS was told if critical).",
             [query(f"pgmedic_instance_state{{{REM}}} == 1", "{{pg_instance}}: {{state}}")],
+            "none",
+            8,
+        ),
+        panel(
+            statetimeline.Panel,
+            "Remediator mode",
+            "act: the remediator restarts what fails; observe (a roll-out): it decides and journals "
+            "would_start, would_restart or would_escalate, and does nothing. Switch with remediator.mode "
+            "(or mode: on one instance) and a reload.",
+            [query(f"pgmedic_remediator_mode{{{REM}}} == 1", "{{pg_instance}}: {{mode}}")],
             "none",
             8,
         ),

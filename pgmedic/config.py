@@ -10,10 +10,12 @@ Every problem raises ConfigError with the file, the key and what is wrong, and n
 
 from __future__ import annotations
 
+import enum
 import grp
 import os
 import pwd
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -118,6 +120,17 @@ def _one_of(*choices: str) -> Callable[[Any], str]:
         return str(value)
 
     return check
+
+
+class Mode(enum.StrEnum):
+    """How the remediator treats an instance: act on its failures, or only journal what it would do."""
+
+    ACT = "act"
+    OBSERVE = "observe"  # roll-out: every decision taken and journaled as "would restart/escalate", none acted on
+
+
+def _mode(value: Any) -> Mode:
+    return Mode(_one_of(*Mode)(value))
 
 
 def _account(lookup: Callable[[str], object], kind: str, hint: str = "") -> Callable[[Any], str]:
@@ -232,6 +245,8 @@ class InstanceConfig:
     scripts_run_as: str = setting(_one_of(*SCRIPTS_RUN_AS), "owner")
     # The remediator's fast path for this instance: None follows remediator.fast_path.
     fast_path: bool | None = setting(_bool, None)
+    # act or observe for this instance: None follows remediator.mode.
+    mode: Mode | None = setting(_mode, None)  # noqa: RUF009 (an enum: immutable)
 
     @property
     def script_user(self) -> str:
@@ -239,6 +254,10 @@ class InstanceConfig:
         if self.scripts_run_as == "invoker":
             return pwd.getpwuid(os.geteuid()).pw_name
         return self.instancename
+
+    def mode_in(self, remediator: RemediatorConfig) -> Mode:
+        """Whether the remediator acts on this instance or only observes (its own setting, else the global one)."""
+        return remediator.mode if self.mode is None else self.mode
 
     def fast_path_on(self, remediator: RemediatorConfig) -> bool:
         """Whether the remediator's fast path watches this instance (its own setting, else the global one)."""
@@ -301,6 +320,11 @@ class RemediatorConfig:
     alertmanager_url: str | None = setting(_url, None)
     # TLS and basic auth for the read side (exporter-toolkit format); the webhook keeps its token.
     web_config_file: str | None = setting(_abs_path, None)
+    # act: remediate; observe: decide and journal "would restart/escalate" only (a fleet's roll-out).
+    mode: Mode = setting(_mode, Mode.ACT)  # noqa: RUF009 (an enum: immutable)
+    # This host's name in the pgmedic_host label (a target label of the scrape config): alerts naming
+    # another host are journaled as ignored, never acted on, whatever the routing did.
+    host: str = setting(_str, factory=socket.gethostname)
 
 
 @dataclass(frozen=True)

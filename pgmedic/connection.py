@@ -75,11 +75,14 @@ def connect(cfg: InstanceConfig, pid_file: PidFile | None, timeout: float) -> ps
     return psycopg.connect(**connect_kwargs(cfg, pid_file, timeout))
 
 
-def open_pgconn(cfg: InstanceConfig, pid_file: PidFile | None, deadline: float) -> pq.abc.PGconn:
+def open_pgconn(
+    cfg: InstanceConfig, pid_file: PidFile | None, deadline: float, meanwhile: Callable[[], None] | None = None
+) -> pq.abc.PGconn:
     """A raw libpq connection, opened without blocking and abandoned at DEADLINE (time.monotonic()).
 
     For the exporter's hot path: no psycopg Connection around it, and no thread needed to bound the
-    attempt. Raises psycopg.OperationalError with libpq's message, or TimeoutError.
+    attempt. MEANWHILE runs once, at the first wait for the server (the startup packet sent). Raises
+    psycopg.OperationalError with libpq's message, or TimeoutError.
     """
     params = connect_kwargs(cfg, pid_file, max(0.001, deadline - time.monotonic()))
     params.pop("autocommit")
@@ -91,6 +94,9 @@ def open_pgconn(cfg: InstanceConfig, pid_file: PidFile | None, deadline: float) 
                 return pgconn
             if status == pq.PollingStatus.FAILED:
                 raise psycopg.OperationalError(pgconn.get_error_message())
+            if meanwhile is not None and status == pq.PollingStatus.READING:
+                meanwhile()
+                meanwhile = None
             wait_socket(pgconn.socket, deadline, write=status == pq.PollingStatus.WRITING)
     except BaseException:
         pgconn.finish()

@@ -146,7 +146,7 @@ def children(pid: int) -> list[int]:
         out: list[int] = []
         for tid in os.listdir(f"{PROC}/{pid}/task"):
             with open(f"{PROC}/{pid}/task/{tid}/children") as f:
-                out.extend(int(x) for x in f.read().split())
+                out.extend(map(int, f.read().split()))
         return out
     except FileNotFoundError:
         if not os.path.exists(f"{PROC}/{pid}"):

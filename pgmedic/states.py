@@ -18,6 +18,14 @@ class State(enum.StrEnum):
     UNVERIFIED = "unverified"  # /proc could not be read to tell whose process the pid file names
 
 
+class Would(enum.StrEnum):
+    """What the remediator in observe mode journals instead of doing (its event: `would_<this>`)."""
+
+    START = "start"
+    RESTART = "restart"
+    ESCALATE = "escalate"
+
+
 # Exit codes of `pgmedic monitor`, shared with any supervisor that calls it as a monitor script.
 EXIT_CODES = {
     State.ACCEPTING: 0,

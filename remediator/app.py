@@ -91,7 +91,7 @@ def create_app(config: Config, *, start_background: bool = True) -> Flask:
     journal = Journal(config.remediator.state_dir, config.remediator.state_group)
     metrics = RemediatorMetrics(sorted(config.instances))
     engine = Engine(config, journal, metrics)
-    metrics.add_state_collector(engine.snapshot)
+    metrics.add_state_collector(engine.snapshot, engine.modes)
     secret = read_secret(config.remediator.token_file) if config.remediator.token_file else None
     config_status = ConfigStatus(config)
     metrics.add_config_collector(config_status)
@@ -137,20 +137,22 @@ def create_app(config: Config, *, start_background: bool = True) -> Flask:
 
     @app.get("/api/v1/status")
     def status() -> tuple[Response, int]:
-        snapshot = engine.snapshot()
+        snapshot, modes = engine.snapshot(), engine.modes()
         out: dict[str, Any] = {}
         for name, (state, remaining) in snapshot.items():
             st = journal.state(name)
             last = journal.last_episode(name)
             out[name] = {
                 "state": state,
+                "mode": modes.get(name),
                 "budget_remaining": remaining,
                 "max_restart": rem.config.instance(name).max_restart,
                 "suspended": st.suspended,
                 "failed_reason": st.failed_reason if st.failed else None,
                 "last_action": last,
             }
-        return jsonify(instances=out, config=rem.status.document(), time=time.time()), 200
+        mode = rem.config.remediator.mode
+        return jsonify(instances=out, mode=mode, config=rem.status.document(), time=time.time()), 200
 
     @app.get("/api/v1/events")
     def events() -> tuple[Response, int]:

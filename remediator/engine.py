@@ -25,13 +25,13 @@ from typing import Any
 
 from pgmedic import actions
 from pgmedic.actions import ActionResult
-from pgmedic.config import Config, InstanceConfig
+from pgmedic.config import Config, InstanceConfig, Mode
 from pgmedic.failures import NOT_RETRIED, Failure
 from pgmedic.instance import Instance, Probe, Verdict
 from pgmedic.journal import FAST_PATH, EpisodeOpened, Journal
 from pgmedic.locks import held_elsewhere, instance_lock
 from pgmedic.runner import group_alive, on_spawn
-from pgmedic.states import Reason, State
+from pgmedic.states import Reason, State, Would
 from pgmedic.text import shown
 
 from .fastpath import CRASH_ALERT, FastPath
@@ -43,6 +43,7 @@ POLL = 0.1  # seconds between probes while waiting for an instance to accept con
 IDLE_WAKE = 5.0  # a worker looks for unfinished work at least this often
 FAST_PATH_ALERT_LAG = 120.0  # how long after a crash its alert may start (scrape + evaluation intervals)
 LABEL_KEPT = 256  # characters of an alert's label values kept in the journal and the answer
+HOST_LABEL = "pgmedic_host"  # the host an alert's instance runs on (a target label; docs/fleet.md)
 
 
 def bounded(text: str) -> str:
@@ -235,8 +236,16 @@ class Engine:
                     "starts_at": bounded(alert.starts_at),
                     "source": source,
                 }
+                host = alert.labels.get(HOST_LABEL)
+                if host is not None:
+                    base[HOST_LABEL] = bounded(host)
                 if name is None:
                     result, reason = Decision.IGNORED, "no pg_instance label"
+                elif host is not None and host != self.config.remediator.host:
+                    result, reason = (
+                        Decision.IGNORED,
+                        f"wrong host: for {shown(bounded(host))}, this is {self.config.remediator.host}",
+                    )
                 elif name not in self.config.instances:
                     result, reason = Decision.IGNORED, "not a configured instance"
                 elif alert.status == "resolved":
@@ -396,12 +405,20 @@ class Engine:
             if probe.state is State.UNVERIFIED:  # never act on a process pgmedic could not identify
                 self.journal.event(name, "skipped", episode=key, reason="postmaster not verifiable", probe=probe.detail)
                 return Outcome(Ended.SKIPPED, "postmaster not verifiable")
+            observing = cfg.mode_in(self.config.remediator) is Mode.OBSERVE
             if probe.state is State.NO_DATA_DIRECTORY:  # no start can cure it: no attempt, no budget spent
+                if observing:
+                    return self._observed(cfg, key, Would.ESCALATE, probe, failure=str(probe.failure))
                 return self._fail_now(cfg, key, probe.failure, probe.detail)
             if reopened:
                 self.journal.event(name, "episode_reopened", episode=key, reason=str(probe.state), probe=probe.detail)
                 reopened = False
             used, last_end = self.journal.restart_budget_used(name, cfg.restart_window, state.armed_at)
+            if observing:  # the decision, journaled instead of taken
+                if used >= cfg.max_restart:
+                    return self._observed(cfg, key, Would.ESCALATE, probe, reason="restart budget spent")
+                would = Would.RESTART if probe.state is State.NOT_RESPONDING else Would.START
+                return self._observed(cfg, key, would, probe, restarts_in_window=used)
             if used >= cfg.max_restart:
                 self._fail(cfg, key, used, last_failure)
                 return Outcome(Ended.FAILED, f"restart budget spent ({used} in {cfg.restart_window:g}s)")
@@ -527,6 +544,15 @@ class Engine:
             seconds_since_receipt=round(since_receipt, 3),
         )  # fmt: skip
 
+    def _observed(self, cfg: InstanceConfig, key: str, would: Would, probe: Probe, **detail: Any) -> Outcome:
+        """Observe mode: what would have been done, journaled as a `would_*` event; nothing is done,
+        no budget is spent and KSYS hears nothing (the instance's state stays as it is)."""
+        self.journal.event(
+            cfg.name, f"would_{would}", episode=key, reason=str(probe.state), probe=probe.detail, **detail
+        )
+        self.metrics.observed.labels(cfg.name, would).inc()
+        return Outcome(Ended.SKIPPED, f"observe mode: would {would}")
+
     def _fail(self, cfg: InstanceConfig, key: str, used: int, last: Failure) -> None:
         """Budget spent: FAILED, no more actions; KSYS hears of it once, and only for a critical instance,
         with the class of the last attempt's failure when this run saw one."""
@@ -561,6 +587,11 @@ class Engine:
                 return
 
     # ---- read side ---------------------------------------------------------------------------
+    def modes(self) -> dict[str, Mode]:
+        """{instance: act or observe} under the configuration in force."""
+        config = self.config
+        return {name: cfg.mode_in(config.remediator) for name, cfg in config.instances.items()}
+
     def snapshot(self) -> dict[str, tuple[str, int]]:
         """{instance: (state, budget remaining)} for metrics and the status API. Only reads: a FAILED
         state whose window has passed reads as re-armed here, and the worker records the re-arming."""

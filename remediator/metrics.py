@@ -7,8 +7,10 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from pgmedic.config import Mode
 from pgmedic.failures import Failure
 from pgmedic.reload import ConfigStatus
+from pgmedic.states import Would
 
 NOTIFICATION_RESULTS = ("accepted", "duplicate", "recheck", "ignored", "rejected")
 KSYS_RESULTS = ("delivered", "failed")
@@ -44,6 +46,12 @@ class RemediatorMetrics:
             buckets=RECOVERY_BUCKETS,
             registry=self.registry,
         )
+        self.observed = Counter(
+            "pgmedic_remediator_observed",
+            "Decisions observe mode journaled instead of acting on, by what would have been done.",
+            ["pg_instance", "would"],
+            registry=self.registry,
+        )
         self.ksys = Counter(
             "pgmedic_ksys_notifications", "Deliveries of events to KSYS notifiers.", ["result"], registry=self.registry
         )
@@ -61,14 +69,18 @@ class RemediatorMetrics:
                 for failure in Failure:
                     if failure is not Failure.NONE:
                         self.actions.labels(name, action, "failed", failure)
+            for would in Would:
+                self.observed.labels(name, would)
 
     def add_config_collector(self, status: ConfigStatus) -> None:
         """pgmedic_config_last_reload_successful and ..._success_timestamp_seconds, read at scrape time."""
         self.registry.register(_ConfigCollector(status))
 
-    def add_state_collector(self, read: Callable[[], dict[str, tuple[str, int]]]) -> None:
-        """READ returns {instance: (state, budget_remaining)} fresh at each scrape."""
-        self.registry.register(_StateCollector(read))
+    def add_state_collector(
+        self, read: Callable[[], dict[str, tuple[str, int]]], modes: Callable[[], dict[str, Mode]]
+    ) -> None:
+        """READ returns {instance: (state, budget_remaining)} fresh at each scrape, MODES {instance: mode}."""
+        self.registry.register(_StateCollector(read, modes))
 
 
 class _ConfigCollector:
@@ -94,13 +106,15 @@ class _ConfigCollector:
 
 
 class _StateCollector:
-    def __init__(self, read: Callable[[], dict[str, tuple[str, int]]]) -> None:
+    def __init__(self, read: Callable[[], dict[str, tuple[str, int]]], modes: Callable[[], dict[str, Mode]]) -> None:
         self._read = read
+        self._modes = modes
 
     def describe(self) -> Iterator[Metric]:
         """Names only: registering must not read the journal."""
         yield GaugeMetricFamily("pgmedic_restart_budget_remaining", "")
         yield GaugeMetricFamily("pgmedic_instance_state", "")
+        yield GaugeMetricFamily("pgmedic_remediator_mode", "")
 
     def collect(self) -> Iterator[Metric]:
         states = self._read()
@@ -118,3 +132,12 @@ class _StateCollector:
                 state.add_metric([name, s], 1 if s == current else 0)
         yield budget
         yield state
+        mode = GaugeMetricFamily(
+            "pgmedic_remediator_mode",
+            "1 for the mode the remediator is in for this instance: act, or observe (decisions journaled only).",
+            labels=["pg_instance", "mode"],
+        )
+        for name, current_mode in sorted(self._modes().items()):
+            for m in Mode:
+                mode.add_metric([name, m], 1 if m is current_mode else 0)
+        yield mode

@@ -52,12 +52,14 @@ def serve(config: Config, listen: str | None = None, web_config_file: str | None
         rem.reload(new)
         web.reload()
 
-    Reloader(rem.status, reload, "remediator").install(stop)
+    reloader = Reloader(rem.status, reload, "remediator")
+    reloader.install()
     log.warning("pgmedic remediator on %s://%s:%d for %d instance(s)", server.scheme, host, port, len(config.instances))
     try:
         server.run()
     finally:
         stop.set()
+        reloader.close()
         rem.stop()
         server.close()
     return 0

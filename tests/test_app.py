@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -49,6 +50,28 @@ def test_webhook_statuses(client: FlaskClient) -> None:
     assert post(client, ok).get_json()["decisions"][0]["result"] == "duplicate"
     assert client.get("/healthz").status_code == 200
     assert client.get("/api/v1/events?since=-1").status_code == 400
+
+
+def test_alerts_for_another_host_are_journaled_as_ignored(tmp_path: Path) -> None:
+    """The same instance name runs on every host of a fleet: an alert whose pgmedic_host names another
+    host is ignored (and journaled so) even when routing sent it here; this host's own is acted on, and
+    an alert without the label (a single-host set-up) too."""
+    cfg = InstanceConfig("main", "postgres", "postgres", "/nonexistent", "test")
+    token = write_secret(tmp_path / "token", TOKEN)
+    remediator = RemediatorConfig(state_dir=str(tmp_path / "state"), token_file=str(token), host="db-2")
+    client = create_app(Config(str(tmp_path / "p.yaml"), {"main": cfg}, remediator=remediator), start_background=False)
+    test = client.test_client()
+    other = post(test, alert_payload("PostgresPostmasterDown", "main", pgmedic_host="db-1", fingerprint="a1"))
+    decision = other.get_json()["decisions"][0]
+    assert (decision["result"], decision["reason"]) == ("ignored", "wrong host: for 'db-1', this is db-2")
+    own = post(test, alert_payload("PostgresPostmasterDown", "main", pgmedic_host="db-2", fingerprint="a2"))
+    assert own.get_json()["decisions"][0]["result"] == "accepted"
+    unlabelled = post(test, alert_payload("PostgresPostmasterDown", "main", fingerprint="a3"))
+    assert unlabelled.get_json()["decisions"][0]["result"] == "accepted"
+    events = test.get("/api/v1/events").get_json()["events"]
+    ignored = [e for e in events if e["kind"] == "notification" and e["result"] == "ignored"]
+    assert [e["pgmedic_host"] for e in ignored] == ["db-1"] and "episode" not in ignored[0]
+    assert RemediatorConfig().host == socket.gethostname(), "by default, this machine's name"
 
 
 def _journal_rows(state_dir: Path) -> dict[str, list[tuple[Any, ...]]]:

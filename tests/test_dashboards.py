@@ -72,6 +72,7 @@ def test_dashboard_covers_the_metric_contract() -> None:
         "pg_settings_temp_buffers_bytes", "pg_settings_shared_buffers_bytes", "pg_process_memory_bytes",
         "pg_backend_memory_anon_max_bytes", "pgmedic_actions_total", "pgmedic_recovery_seconds_bucket",
         "pgmedic_restart_budget_remaining", "pgmedic_instance_state", "pgmedic_ksys_notifications_total",
+        "pgmedic_remediator_mode",
         "pgmedic_notifications_total", "pgmedic_collector_success", "pgmedic_collector_duration_seconds",
         "scrape_duration_seconds", "pgmedic:pg_filesystem_avail:ratio", "pg_filesystem_avail_bytes",
         "pg_filesystem_files_free", "pg_wal_size_bytes", "pg_wal_archive_ready_files", "pg_stat_archiver_archived_total",

@@ -528,6 +528,84 @@ def test_backend_seen_idle_then_busy_shows_its_new_cpu_and_memory(cluster: Clust
     assert largest_after - largest_before > 30 * 2**20, (largest_before, largest_after)
 
 
+def test_idle_clients_are_skipped_and_a_burst_between_scrapes_shows_at_once(cluster: Cluster) -> None:
+    """The walk skips client backends the previous scan saw idle, and the scrape's own scan names those
+    that ran since: a CPU burst and an allocation by one of many idle clients show in the very next
+    scrape, while most idle clients cost no /proc read at all."""
+    from pgmedic.exporter.scraper import Exporter
+
+    exporter = Exporter(load_config(str(cluster.config_path)))
+    dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user={owner()}"
+    clients = [psycopg.connect(dsn, autocommit=True) for _ in range(24)]
+    read_pids: set[int] = set()
+    real_pread = os.pread
+
+    def recording_pread(fd: int, n: int, offset: int) -> bytes:
+        with contextlib.suppress(OSError, ValueError):  # /proc/PID/...: whose file the tracker read
+            read_pids.add(int(os.readlink(f"/proc/self/fd/{fd}").split("/")[2]))
+        return real_pread(fd, n, offset)
+
+    def client_cpu_and_largest() -> tuple[float, float]:
+        families = exporter.scrape(5.0).families()
+        samples = {(f, tuple(sorted(labels.items()))): v for f, rows in families for labels, v in rows}
+        cpu = sum(
+            v for (f, labels), v in samples.items()
+            if f == "pg_process_cpu_seconds_total" and ("backend_type", "client_backend") in labels
+        )  # fmt: skip
+        return cpu, samples[("pg_backend_memory_anon_max_bytes", (("pg_instance", "main"),))]
+
+    try:
+        time.sleep(0.5)  # idle for longer than the scan's margin (sqlview.BUSY_MARGIN)
+        for _ in range(3):  # tracked, and scanned twice: the hint now says every client is idle
+            client_cpu_and_largest()
+        tracker = exporter.scrapers[0].tracker
+        assert tracker.hint is not None and not {c.info.backend_pid for c in clients} & tracker.hint
+        cpu_before, largest_before = client_cpu_and_largest()
+        busy = clients[5]
+        busy.execute("SET temp_buffers = '128MB'")
+        busy.execute("CREATE TEMP TABLE t AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 200000) g")
+        busy.execute("SELECT count(*) FROM generate_series(1, 3000000) g WHERE g % 7 = 3").fetchone()
+        idle = {c.info.backend_pid for c in clients if c is not busy}
+        os.pread = recording_pread  # type: ignore[assignment]
+        try:
+            cpu_after, largest_after = client_cpu_and_largest()
+            hinted = len(read_pids & idle)
+            read_pids.clear()
+            tracker.hint = None  # the control: a walk without the previous scan's word reads every client
+            client_cpu_and_largest()
+            unhinted = len(read_pids & idle)
+        finally:
+            os.pread = real_pread
+    finally:
+        for c in clients:
+            c.close()
+        exporter.close()
+    assert cpu_after - cpu_before >= 0.05, (cpu_before, cpu_after)
+    assert largest_after - largest_before > 30 * 2**20, (largest_before, largest_after)
+    # 23 idle clients, each read every MEMORY_REFRESH (8) scrapes in turn: most of them cost no read.
+    assert unhinted == 23 and hinted <= 8, f"idle clients read: {hinted} with the scan's word, {unhinted} without"
+
+
+def test_a_role_that_cannot_see_other_sessions_leaves_no_backend_unread(cluster: Cluster) -> None:
+    """Without pg_read_all_stats the scan sees other users' backends with a NULL state: it cannot say
+    they were idle, so no hint is given and the walk reads every backend, as without SQL."""
+    from pgmedic.exporter.scraper import Exporter
+
+    cluster.psql("CREATE ROLE watcher LOGIN")
+    exporter = Exporter(load_config(str(cluster.write_config(user="watcher"))))
+    dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user={owner()}"
+    try:
+        with psycopg.connect(dsn, autocommit=True):
+            time.sleep(0.5)
+            for _ in range(2):
+                samples = exporter.scrape(5.0)
+            assert exporter.scrapers[0].tracker.hint is None
+        counted = dict(samples.families())["pg_client_connections"]
+        assert [value for _, value in counted] == [2.0], counted  # the owner's client and the session
+    finally:
+        exporter.close()
+
+
 def test_sql_statements_fail_alone_in_the_pipeline(cluster: Cluster) -> None:
     cfg = load_config(cluster.config_path).instances["main"]
     deadline = time.monotonic() + 10
@@ -568,8 +646,8 @@ def test_tracker_without_spare_descriptors_reads_the_same(cluster: Cluster) -> N
         b.execute("SELECT 1")
         kept, by_path = ProcessTracker(), ProcessTracker(max_handles=0)
         for _ in range(2):  # the second walk takes the re-read path of each tracker
-            with_fds = {p.pid: (p.backend_type, p.start_ticks, p.anon > 0) for p in kept.walk(postmaster)}
-            without = {p.pid: (p.backend_type, p.start_ticks, p.anon > 0) for p in by_path.walk(postmaster)}
+            with_fds = {p.pid: (p.backend_type, p.start_ticks, p.anon > 0) for p in kept.walk(postmaster)[0]}
+            without = {p.pid: (p.backend_type, p.start_ticks, p.anon > 0) for p in by_path.walk(postmaster)[0]}
             assert with_fds == without
         assert sum(1 for kind, _, _ in with_fds.values() if kind == "client_backend") == 2
         assert all(anon for _, _, anon in with_fds.values())

@@ -151,6 +151,38 @@ def test_suspended_instance_gets_no_action(rig: Rig) -> None:
     wait_for(lambda: "suspended" in rig.ksys.kinds(), 15, "suspended at KSYS")
 
 
+@pytest.mark.one_pg  # the engine's mode, not the server's
+def test_observe_mode_journals_the_decision_and_leaves_a_killed_instance_down(rig: Rig) -> None:
+    """Observe mode (a fleet's roll-out): the same decision as in act mode, journaled as would_start, and
+    nothing done: the instance stays down, no budget is spent and KSYS hears nothing. Switched to act by a
+    reload, the next delivery of the same alert brings it back."""
+    rig.configure(remediator={"mode": "observe"})
+    rig.start()
+    kill_postmaster(rig.cluster)
+    alert = alert_payload("PostgresPostmasterDown", "main")
+    status, body = rig.post(alert)
+    assert status == 200 and body["decisions"][0]["result"] == "accepted"
+    would = rig.wait_event("would_start")
+    assert would["reason"] == "not_running"
+    time.sleep(2.0)
+    assert "restart_started" not in rig.kinds()
+    assert pgmedic(None, "monitor", "main", config=rig.config).returncode == 3, "still down"
+    status, body = http("GET", rig.url + "/api/v1/status")
+    assert body["mode"] == "observe" and body["instances"]["main"]["mode"] == "observe"
+    assert body["instances"]["main"]["budget_remaining"] == 3 and body["instances"]["main"]["state"] == "ok"
+    status, metrics = http("GET", rig.url + "/metrics")
+    assert 'pgmedic_remediator_mode{mode="observe",pg_instance="main"} 1.0' in metrics
+    assert 'pgmedic_remediator_observed_total{pg_instance="main",would="start"} 1.0' in metrics
+    assert not [k for k in rig.ksys.kinds() if k != "ksys_test"], "KSYS hears nothing in observe mode"
+
+    rig.configure(remediator={"mode": "act"}, mode="act")  # the per-instance setting, as a host is switched
+    rig.remediators[0].proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: http("GET", rig.url + "/api/v1/status")[1]["instances"]["main"]["mode"] == "act", 15, "act")
+    assert rig.post(alert)[1]["decisions"][0]["result"] == "recheck", "the same alert, still firing"
+    rig.wait_event("recovered")
+    rig.cluster.wait_accepting()
+
+
 def oversized_post(url: str) -> int:
     """The status of a POST announcing a body over 1 MiB. Sent by hand: the server answers 413 and closes
     before the body is all sent, and urllib, still sending, would only see the reset."""

@@ -21,8 +21,12 @@ from . import (
 )
 
 # Order matters only where one collector reads what another gathered (workers needs processes).
-OS_COLLECTORS = (postmaster, processes, storage)
+OS_COLLECTORS = (postmaster, storage)
+# Collectors that start in the OS phase with prepare(ctx), while the SQL visit is on its way, and report
+# in the SQL phase with what it said (processes: which client backends may have run).
+PREPARED = (processes,)
 SQL_COLLECTORS = (
+    processes,
     connection,
     settings,
     activity,

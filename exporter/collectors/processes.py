@@ -1,8 +1,15 @@
-"""Children of the postmaster by type, their CPU and their memory, read from /proc."""
+"""Children of the postmaster by type, their CPU and their memory, read from /proc.
+
+In two steps: ``prepare`` walks /proc while the scrape's SQL visit is on its way, skipping client
+backends that were idle at the previous scan; ``collect`` runs once the visit answered (or gave up),
+reads the skipped backends it names as possibly busy (all of them without an answer), and reports.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from pgmedic.titles import COMMON_BACKEND_TYPES
@@ -10,32 +17,37 @@ from pgmedic.workers import NAMES as WORKERS
 
 from ..context import ScrapeContext
 from ..metrics import MetricSet
+from ..tracker import CLIENT
 
 NAME = "processes"
 MEMORY_KINDS = ("anon", "shared", "swap")
+_TYPE = attrgetter("backend_type")
+_ANON = attrgetter("anon")
+_FIELDS = tuple(map(attrgetter, ("anon", "shared", "swap", "user_seconds", "system_seconds")))
+
+
+def prepare(ctx: ScrapeContext) -> None:
+    """The walk, overlapping the SQL visit (the scraper runs it in the OS phase, under the tracker's lock)."""
+    ctx.require_identity()
+    ctx.walked = ctx.tracker.walk(ctx.postmaster.pid if ctx.postmaster else None)
 
 
 def collect(ctx: ScrapeContext, out: MetricSet) -> None:
-    ctx.require_identity()
-    # The walk overlaps the SQL visit's connect; the scrape's own fresh backend is left out afterwards.
-    walked = ctx.tracker.walk(ctx.postmaster.pid if ctx.postmaster else None)
-    procs = ctx.processes = ctx.tracker.disown(walked, ctx.own_backends())
-    # One pass over every process (a thousand backends is the hot path): per type, count, memory, CPU.
+    if ctx.walked is None:  # prepare failed: the same reason again, counted here
+        prepare(ctx)
+        assert ctx.walked is not None
+    live = ctx.tracker.catch_up(*ctx.walked, ctx.sql.busy)
+    # The scrape's own fresh backend and its statistics session are left out.
+    procs = ctx.processes = ctx.tracker.disown(live, ctx.own_backends())
+    # A thousand backends is the hot path: grouped by type with a sort, then summed field by field
+    # (sort, map and sum loop in C; a Python loop over every process costs three times as much).
     per_type: dict[str, list[Any]] = {}
     largest = 0
-    for p in procs:
-        kind = p.backend_type or "unknown"
-        row = per_type.get(kind)
-        if row is None:
-            row = per_type[kind] = [0, 0, 0, 0, 0.0, 0.0]
-        row[0] += 1
-        row[1] += p.anon
-        row[2] += p.shared
-        row[3] += p.swap
-        row[4] += p.user_seconds
-        row[5] += p.system_seconds
-        if p.anon > largest and p.backend_type == "client_backend":
-            largest = p.anon
+    for kind, group in groupby(sorted(procs, key=_TYPE), key=_TYPE):
+        members = list(group)
+        per_type[kind] = [len(members), *(sum(map(field, members)) for field in _FIELDS)]
+        if kind == CLIENT:
+            largest = max(map(_ANON, members))
 
     children = {kind: row[0] for kind, row in per_type.items() if kind != "postmaster"}
     for kind in sorted({*COMMON_BACKEND_TYPES, *WORKERS} | set(children)):
