@@ -145,8 +145,7 @@ def children(pid: int) -> list[int]:
     try:
         out: list[int] = []
         for tid in os.listdir(f"{PROC}/{pid}/task"):
-            with open(f"{PROC}/{pid}/task/{tid}/children") as f:
-                out.extend(map(int, f.read().split()))
+            out.extend(map(int, _read_all(f"{PROC}/{pid}/task/{tid}/children").split()))
         return out
     except FileNotFoundError:
         if not os.path.exists(f"{PROC}/{pid}"):
@@ -154,6 +153,19 @@ def children(pid: int) -> list[int]:
     except (ProcessLookupError, PermissionError):
         return []
     return [p for p in _all_pids() if (st := read_stat(p)) is not None and st.ppid == pid]
+
+
+def _read_all(path: str) -> bytes:
+    """A whole /proc file of unknown size in raw reads (a thousand children print about 6 KB); OSError if
+    it cannot be opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _all_pids() -> list[int]:

@@ -43,8 +43,9 @@ def collect(ctx: ScrapeContext, out: MetricSet) -> None:
     # (sort, map and sum loop in C; a Python loop over every process costs three times as much).
     per_type: dict[str, list[Any]] = {}
     largest = 0
+    ctx.by_type = {}
     for kind, group in groupby(sorted(procs, key=_TYPE), key=_TYPE):
-        members = list(group)
+        members = ctx.by_type[kind] = list(group)
         per_type[kind] = [len(members), *(sum(map(field, members)) for field in _FIELDS)]
         if kind == CLIENT:
             largest = max(map(_ANON, members))

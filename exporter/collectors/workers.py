@@ -29,11 +29,11 @@ def collect(ctx: ScrapeContext, out: MetricSet) -> None:
     )
     started: dict[str, float] = {}
     running: dict[str, int] = {}
-    for s in ctx.processes or []:
-        kind = s.backend_type
-        if kind in expected:
-            started[kind] = min(started.get(kind, s.start_time), s.start_time)
-            running[kind] = running.get(kind, 0) + 1
+    for kind in expected:
+        found = ctx.by_type.get(kind)
+        if found:
+            started[kind] = min(s.start_time for s in found)
+            running[kind] = len(found)
     for worker in workers.NAMES:
         if worker not in expected:
             continue
