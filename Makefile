@@ -54,6 +54,7 @@ bench: venv
 	scripts/system-deps.sh prometheus-postgres-exporter
 	$(PY) bench/scrape.py
 	$(PY) bench/mttr.py
+	$(PY) bench/fleet.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

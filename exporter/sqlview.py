@@ -45,12 +45,15 @@ _UNIT_BYTES = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 # come back one per row (their pid in the last column): the fresh one, if it was already there, is
 # left out afterwards. So do backends that may have run since the previous scrape's scan ($1, an epoch,
 # or NULL): not idle, or idle since then. The process walk reads only those (and every other process of the
-# postmaster) each scrape; see exporter/tracker.py. A process this role may not see comes back with NULL
-# type and state: the visit then names none, and every backend is read. The view would join pg_database and pg_authid
+# postmaster) each scrape; see exporter/tracker.py. A process this role may not see (NULL type) comes back
+# as HIDDEN: the visit then names none, and every backend is read. A client still starting has a NULL
+# state: not counted (it is no session yet), and new to the walk anyway. The view would join pg_database and pg_authid
 # per row and, in a brand-new backend, load its rewrite rules first: the function alone halves the cost.
 # Database names come from DATABASES_SQL.
+HIDDEN = "<hidden>"  # the state of a backend this role may not see
 ACTIVITY_SQL = f"""
-SELECT datid, state, count(*), max(extract(epoch FROM clock_timestamp() - xact_start)),
+SELECT datid, coalesce(state, CASE WHEN backend_type IS NULL THEN '{HIDDEN}' END), count(*),
+       max(extract(epoch FROM clock_timestamp() - xact_start)),
        CASE WHEN application_name = '{APPLICATION_NAME}' OR state IS DISTINCT FROM 'idle'
                  OR state_change >= to_timestamp($1::float8) THEN pid END
 FROM pg_stat_get_activity(NULL)
@@ -426,8 +429,10 @@ def _activity(facts: SqlFacts, databases: Rows | str, activity: Rows | str, fres
     counts: dict[tuple[str, str], int] = {}
     busy: set[int] | None = set()
     for datid, state, count, oldest, pid in _rows(activity):
-        if state is None:  # a backend this role may not see (or one still starting): no hint this time
+        if state == HIDDEN:  # a backend this role may not see: no hint this time
             busy = None
+            continue
+        if state is None:  # a client still starting: no session to count yet
             continue
         if pid is not None and busy is not None:
             busy.add(int(pid))

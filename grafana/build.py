@@ -12,7 +12,7 @@ from pathlib import Path
 
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.builders import gauge, stat, statetimeline, timeseries
+from grafana_foundation_sdk.builders import gauge, stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
@@ -20,8 +20,11 @@ from grafana_foundation_sdk.models import dashboard as model
 
 OUTPUT = Path(__file__).resolve().parent / "dashboards" / "pgmedic-overview.json"
 DS = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
-PG = 'job=~"$job", pg_instance=~"$pg_instance"'  # exporter series of the chosen instances
-REM = 'pg_instance=~"$pg_instance"'  # remediator series (job pgmedic-remediator)
+# Series of the chosen hosts (pgmedic_host: a fleet's target label, absent on a single host, where All
+# matches) and instances, from the exporters (PG) and the remediators (REM).
+HOST = 'pgmedic_host=~"$pgmedic_host"'
+PG = f'job=~"$job", {HOST}, pg_instance=~"$pg_instance"'
+REM = f'{HOST}, pg_instance=~"$pg_instance"'
 ON = "on (job, instance, pgmedic_host, pg_instance)"
 
 
@@ -628,10 +631,74 @@ def exporter_health() -> list:
     ]
 
 
+def fleet() -> list:
+    """Every host at once: a state grid, restarts and FAILED instances across the fleet."""
+    return [
+        panel(
+            statetimeline.Panel,
+            "Hosts and instances",
+            "One line per host and instance: UP while a client can connect (pg_up), DOWN otherwise. "
+            "Pick a host above to see its instances in the rows below.",
+            [query(f"max by (pgmedic_host, pg_instance) (pg_up{{{PG}}})", "{{pgmedic_host}} {{pg_instance}}")],
+            "none",
+            12,
+            9,
+        ).mappings(UP_DOWN),
+        panel(
+            timeseries.Panel,
+            "Restarts by host",
+            "Start and restart actions per host over the dashboard's time range: a fleet-wide wave points at "
+            "a shared cause (storage, network, a bad configuration rolled out), not at PostgreSQL.",
+            [
+                query(
+                    f"sum by (pgmedic_host) (increase(pgmedic_actions_total{{{REM}}}[$__rate_interval]))",
+                    "{{pgmedic_host}}",
+                )
+            ],
+            "none",
+            6,
+            9,
+        ),
+        panel(
+            stat.Panel,
+            "FAILED instances by host",
+            "Instances whose restart budget is spent (no more actions until resume or the window passes): "
+            "each needs a human. KSYS was told for critical ones.",
+            [
+                query(
+                    f'sum by (pgmedic_host) (pgmedic_instance_state{{{REM}, state="failed"}})',
+                    "{{pgmedic_host}}",
+                    instant=True,
+                )
+            ],
+            "none",
+            6,
+            9,
+        ).thresholds(thresholds((None, "green"), (1, "red"))),
+        panel(
+            table.Panel,
+            "Top instances by restarts",
+            "The ten instances restarted most over the time range, across the fleet: look at the top ones "
+            "first (a crash loop the budget contains is still an outage).",
+            [
+                query(
+                    f"topk(10, sum by (pgmedic_host, pg_instance) (increase(pgmedic_actions_total{{{REM}}}[$__range])))",
+                    "{{pgmedic_host}} {{pg_instance}}",
+                    instant=True,
+                )
+            ],
+            "none",
+            24,
+            8,
+        ),
+    ]
+
+
 # The rows about outage precursors: their panels show data only where the condition exists (a standby, a
 # slot, an archive_command), so tests/e2e/test_precursors.py proves them on a chain that has each one.
 PRECURSOR_ROWS = {"Disk and WAL", "WAL archiving", "Wraparound", "Replication", "Locks and checkpoints"}
 ROWS = [
+    ("Fleet", fleet),
     ("Availability", availability),
     ("Background workers", workers),
     ("Connections", connections),
@@ -665,8 +732,13 @@ def build() -> db.Dashboard:
             .include_all(True).all_value(".*").multi(True)
         )
         .with_variable(
+            db.QueryVariable("pgmedic_host").label("Host").datasource(DS)
+            .query('label_values(pg_postmaster_up{job=~"$job"}, pgmedic_host)')
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED).include_all(True).all_value(".*").multi(True)
+        )
+        .with_variable(
             db.QueryVariable("pg_instance").label("Instance").datasource(DS)
-            .query('label_values(pg_postmaster_up{job=~"$job"}, pg_instance)')
+            .query('label_values(pg_postmaster_up{job=~"$job", pgmedic_host=~"$pgmedic_host"}, pg_instance)')
             .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED).include_all(True).all_value(".*").multi(True)
         )
         .annotation(

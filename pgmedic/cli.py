@@ -99,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("dir", metavar="DIR")
     s.add_argument("--force", action="store_true", help="overwrite files that exist")
+    s = sub.add_parser("fleet", help="a fleet's Alertmanager routes and Prometheus targets from an inventory")
+    s.add_argument("action", choices=["generate"], help="generate: write them (docs/fleet.md)")
+    s.add_argument("inventory", metavar="INVENTORY", help="YAML: hosts with name and address (docs/fleet.md)")
+    s.add_argument("dir", metavar="DIR", help="where alertmanager.yml and file_sd/*.json go")
     s = sub.add_parser("demo", help="the whole chain on a throwaway cluster: a drill and its incident timeline")
     s.add_argument("--drill", default="kill9", help="kill9 (default), sigstop, worker, exhaust, exporter")
     s.add_argument("--once", action="store_true", help="exit after the drill: 0 only if the outcome was seen")
@@ -333,6 +337,14 @@ def cmd_assets(config: Config, args: argparse.Namespace, argv: Sequence[str]) ->
     return 0
 
 
+def cmd_fleet(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .fleet import generate
+
+    written = generate(args.inventory, args.dir)
+    print(f"wrote {', '.join(str(p) for p in written)}: reload Alertmanager; Prometheus reads file_sd by itself")
+    return 0
+
+
 def cmd_demo(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .demo.run import run_demo
 
@@ -353,6 +365,7 @@ COMMANDS = {
     "exporter": cmd_exporter,
     "remediator": cmd_remediator,
     "assets": cmd_assets,
+    "fleet": cmd_fleet,
     "demo": cmd_demo,
 }
 AUDITED = ("add", "modify", "delete", "suspend", "resume")

@@ -27,6 +27,7 @@ from pgmedic import actions
 from pgmedic.actions import ActionResult
 from pgmedic.config import Config, InstanceConfig, Mode
 from pgmedic.failures import NOT_RETRIED, Failure
+from pgmedic.fleet import HOST_LABEL
 from pgmedic.instance import Instance, Probe, Verdict
 from pgmedic.journal import FAST_PATH, EpisodeOpened, Journal
 from pgmedic.locks import held_elsewhere, instance_lock
@@ -43,7 +44,6 @@ POLL = 0.1  # seconds between probes while waiting for an instance to accept con
 IDLE_WAKE = 5.0  # a worker looks for unfinished work at least this often
 FAST_PATH_ALERT_LAG = 120.0  # how long after a crash its alert may start (scrape + evaluation intervals)
 LABEL_KEPT = 256  # characters of an alert's label values kept in the journal and the answer
-HOST_LABEL = "pgmedic_host"  # the host an alert's instance runs on (a target label; docs/fleet.md)
 
 
 def bounded(text: str) -> str:

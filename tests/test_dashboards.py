@@ -16,7 +16,7 @@ from tests.harness import REPO
 
 BOARD = REPO / "grafana" / "dashboards" / "pgmedic-overview.json"
 ROWS = {
-    "Availability", "Background workers", "Connections", "Local memory", "Disk and WAL", "WAL archiving", "Wraparound",
+    "Fleet", "Availability", "Background workers", "Connections", "Local memory", "Disk and WAL", "WAL archiving", "Wraparound",
     "Replication", "Locks and checkpoints", "Remediation", "Exporter health",
 }  # fmt: skip
 
@@ -43,7 +43,7 @@ def test_schema_valid_per_the_sdk() -> None:
     model = Dashboard.from_json(doc)
     again = json.loads(JSONEncoder(sort_keys=True).encode(model))
     assert again["uid"] == "pgmedic-overview" and len(again["panels"]) == len(doc["panels"])
-    assert {v["name"] for v in doc["templating"]["list"]} == {"datasource", "job", "pg_instance"}
+    assert {v["name"] for v in doc["templating"]["list"]} == {"datasource", "job", "pgmedic_host", "pg_instance"}
     multi = next(v for v in doc["templating"]["list"] if v["name"] == "pg_instance")
     assert multi["multi"] and multi["includeAll"]
 

@@ -333,15 +333,18 @@ def test_two_scrapers_at_the_same_instant_both_see_a_healthy_server_up(cluster: 
     stop_at = time.monotonic() + 30
 
     def scraper() -> None:
-        while time.monotonic() < stop_at:
-            try:
+        try:
+            while time.monotonic() < stop_at:
                 barrier.wait(timeout=10)
                 samples, _ = scrape(service, timeout_header=1)
                 seen.append(value(samples, "pg_up", pg_instance=cluster.name))
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                return
-            time.sleep(0.05)
+                time.sleep(0.05)
+        except threading.BrokenBarrierError:
+            return  # the other scraper's time was up first (it broke the barrier on its way out)
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            barrier.abort()  # never leave the other waiting at the barrier
 
     threads = [threading.Thread(target=scraper) for _ in range(2)]
     for t in threads:

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -408,8 +409,10 @@ class Service:
                 self.proc.wait(timeout=10)
 
 
-def start_service(name: str, argv: list[str], log_dir: Path, port: int, env: dict[str, str] | None = None) -> Service:
-    """Start ARGV, wait until it listens on 127.0.0.1:PORT (or fail with its log)."""
+def start_service(
+    name: str, argv: list[str], log_dir: Path, port: int, env: dict[str, str] | None = None, address: str = "127.0.0.1"
+) -> Service:
+    """Start ARGV, wait until it listens on ADDRESS:PORT (or fail with its log)."""
     log_path = log_dir / f"{name}.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -420,24 +423,40 @@ def start_service(name: str, argv: list[str], log_dir: Path, port: int, env: dic
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-    service = Service(name, proc, log_path, f"http://127.0.0.1:{port}")
+    service = Service(name, proc, log_path, f"http://{address}:{port}")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode}: {service.log()}")
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            if s.connect_ex((address, port)) == 0:
                 return service
         time.sleep(0.05)
     service.stop()
     raise RuntimeError(f"{name} did not listen on port {port} within 30s: {service.log()}")
 
 
-def pgmedic_service(kind: str, config: Path, log_dir: Path, port: int | None = None) -> Service:
-    """`pgmedic exporter` or `pgmedic remediator` on a free loopback port."""
+def kill_service(service: Service) -> None:
+    """SIGKILL SERVICE (a crash, not a shutdown) and wait until it is gone."""
+    service.proc.kill()
+    service.proc.wait(10)
+
+
+def start_again(service: Service, log_dir: Path) -> Service:
+    """SERVICE, killed or stopped, started again with the same command line, address, port and data."""
+    where = urllib.parse.urlsplit(service.url)
+    argv = service.proc.args
+    assert isinstance(argv, list) and where.port is not None
+    return start_service(service.name, [str(a) for a in argv], log_dir, where.port, address=where.hostname or "")
+
+
+def pgmedic_service(
+    kind: str, config: Path, log_dir: Path, port: int | None = None, address: str = "127.0.0.1"
+) -> Service:
+    """`pgmedic exporter` or `pgmedic remediator` on a free loopback port (of ADDRESS, in 127.0.0.0/8)."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "pgmedic", "--config", str(config), kind, "--listen", f"127.0.0.1:{port}"]
-    return start_service(kind, argv, log_dir, port)
+    argv = [sys.executable, "-m", "pgmedic", "--config", str(config), kind, "--listen", f"{address}:{port}"]
+    return start_service(kind, argv, log_dir, port, address=address)
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:

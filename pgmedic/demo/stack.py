@@ -25,10 +25,12 @@ from .sandbox import (
     Service,
     free_port,
     http,
+    kill_service,
     make_temp_dir,
     make_template,
     new_cluster,
     pgmedic_service,
+    start_again,
     start_service,
     wait_for,
     write_config,
@@ -114,17 +116,11 @@ class Stack:
 
     def kill_service(self, name: str) -> None:
         """SIGKILL one service (a crash, not a shutdown) and wait until it is gone."""
-        proc = self.services[name].proc
-        proc.kill()
-        proc.wait(10)
+        kill_service(self.services[name])
 
     def start_again(self, name: str) -> None:
         """Start a killed or stopped service again with the same command line, port and data."""
-        old = self.services[name]
-        port = int(old.url.rsplit(":", 1)[1])
-        argv = old.proc.args
-        assert isinstance(argv, list)
-        self.services[name] = start_service(name, [str(a) for a in argv], self.root, port)
+        self.services[name] = start_again(self.services[name], self.root)
 
     def close(self) -> None:
         for service in reversed(list(self.services.values())):

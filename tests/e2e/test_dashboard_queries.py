@@ -28,7 +28,14 @@ def _precursor_rows() -> set[str]:
 PRECURSOR_ROWS = _precursor_rows()
 
 BOARD = REPO / "grafana" / "dashboards" / "pgmedic-overview.json"
-VARIABLES = {"$job": ".*", "$pg_instance": ".*", "$__rate_interval": "1m", "$__range": "10m", "$__interval": "5s"}
+VARIABLES = {
+    "$job": ".*",
+    "$pgmedic_host": ".*",
+    "$pg_instance": ".*",
+    "$__rate_interval": "1m",
+    "$__range": "10m",
+    "$__interval": "5s",
+}
 
 
 def substitute(expr: str) -> str:
