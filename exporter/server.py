@@ -1,4 +1,4 @@
-"""HTTP for the exporter: landing page at /, metrics at /metrics, served by waitress on loopback by default.
+"""HTTP for the exporter: landing page at /, metrics at /metrics, served by pgmedic.httpserver on loopback by default.
 
 The scrape deadline is Prometheus' X-Prometheus-Scrape-Timeout-Seconds header minus a margin (or the
 configured default without the header), so a hung instance never makes a scrape run past it.

@@ -20,6 +20,10 @@ those whose MEMORY_REFRESH turn came, and skips the others; ``catch_up`` then re
 this scrape's visit names, before anything is reported. Every other process of the postmaster is read
 every scrape, and when the visit names none (SQL down, a state this role may not see) every skipped
 backend is read too: the outage view never depends on SQL, and no CPU second shows late.
+
+Which processes are the postmaster's children comes from the kernel's fork and exit events between
+listings of /proc/PID/task/PID/children (pgmedic.procevents), since the listing itself visits every
+child; a process first seen through an event is taken only if its parent is that postmaster.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import os
 from collections import defaultdict, deque
 
 from pgmedic import procfs
+from pgmedic.procevents import ChildSet, open_events
 from pgmedic.titles import classify_title
 
 FDS_PER_PROCESS = 3  # stat, statm, schedstat
@@ -71,8 +76,9 @@ class TrackedProcess:
         "user_seconds",
     )
 
-    def __init__(self, pid: int, keep_open: bool) -> None:
-        """Open and read the process's files; raises ProcessGone if it is already gone."""
+    def __init__(self, pid: int, keep_open: bool, parent: int | None = None) -> None:
+        """Open and read the process's files; raises ProcessGone if it is already gone (or, PARENT given,
+        is not that process's child: a pid from fork events may have been reused since)."""
         self.pid = pid
         self.backend_type: str | None = None
         self.own = False  # the exporter's own SQL backend: tracked, but never reported or accounted
@@ -90,7 +96,7 @@ class TrackedProcess:
                 stat = procfs.parse_stat(pid, _pread(self.stat_fd))
             else:
                 stat = procfs.read_stat(pid)
-            if stat is None or stat.is_zombie:
+            if stat is None or stat.is_zombie or (parent is not None and stat.ppid != parent):
                 raise ProcessGone(pid)
             self.start_ticks = stat.start_ticks
             self.user_seconds, self.system_seconds = stat.utime_seconds, stat.stime_seconds
@@ -188,6 +194,7 @@ class ProcessTracker:
         # The exporter's latest own backends: one that exits after its scrape may be first seen by the next.
         self._own_pids: deque[int] = deque(maxlen=8)
         self._walks = 0
+        self.children = ChildSet(open_events())  # the postmaster's children, from fork and exit events
 
     def walk(self, postmaster_pid: int | None) -> tuple[list[TrackedProcess], list[TrackedProcess]]:
         """The postmaster and its live children, freshly read, and which of them the walk skipped
@@ -199,7 +206,7 @@ class ProcessTracker:
         (or is due a memory refresh) statm too, and parsing only of what changed.
         """
         procs = self._procs
-        pids = [postmaster_pid, *procfs.children(postmaster_pid)] if postmaster_pid is not None else []
+        pids = [postmaster_pid, *self.children.of(postmaster_pid)] if postmaster_pid is not None else []
         swapping, get, hint = procfs.host_has_swap(), procs.get, self.hint
         self._walks += 1
         skip: set[int] = set()
@@ -224,8 +231,11 @@ class ProcessTracker:
                     proc = None
             if proc is None:
                 try:
-                    proc = procs[pid] = TrackedProcess(pid, keep_open=len(procs) < self.max_handles)
+                    proc = procs[pid] = TrackedProcess(
+                        pid, len(procs) < self.max_handles, None if pid == postmaster_pid else postmaster_pid
+                    )
                 except ProcessGone:
+                    self.children.forget(pid)
                     continue
                 proc.own = pid in self._own_pids
             if proc.backend_type is None:
@@ -278,6 +288,7 @@ class ProcessTracker:
 
     def _retire(self, pid: int) -> None:
         proc = self._procs.pop(pid)
+        self.children.forget(pid)
         self._clients.discard(pid)
         self._turns[pid % IDLE_REREAD].discard(pid)
         proc.close()
@@ -286,6 +297,7 @@ class ProcessTracker:
             self.retired[(proc.backend_type, "system")] += proc.system_seconds
 
     def close(self) -> None:
+        self.children.close()
         for proc in self._procs.values():
             proc.close()
         self._procs.clear()

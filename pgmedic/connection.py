@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import pq
-from psycopg.conninfo import make_conninfo
 
 if TYPE_CHECKING:
     from .config import InstanceConfig
@@ -27,6 +26,7 @@ from .states import Reason
 
 T = TypeVar("T")
 APPLICATION_NAME = "pgmedic"
+_QUOTED = str.maketrans({"\\": "\\\\", "'": "\\'"})  # within a libpq connection string's quotes
 DEFAULT_SOCKET_DIR = "/var/run/postgresql"
 
 # Server answers that mean "alive, but not letting clients in right now".
@@ -86,7 +86,7 @@ def open_pgconn(
     """
     params = connect_kwargs(cfg, pid_file, max(0.001, deadline - time.monotonic()))
     params.pop("autocommit")
-    pgconn = pq.PGconn.connect_start(make_conninfo(**params).encode())
+    pgconn = pq.PGconn.connect_start(conninfo(params).encode())
     try:
         while True:
             status = pgconn.connect_poll()
@@ -101,6 +101,15 @@ def open_pgconn(
     except BaseException:
         pgconn.finish()
         raise
+
+
+def conninfo(params: dict[str, Any]) -> str:
+    """A libpq connection string of PARAMS (None left out), each value quoted as libpq reads it.
+
+    psycopg's make_conninfo parses and validates its result with libpq first: the exporter builds one
+    each scrape, from values it made itself (tests/test_exporter.py checks both agree).
+    """
+    return " ".join(f"{key}='{str(value).translate(_QUOTED)}'" for key, value in params.items() if value is not None)
 
 
 def wait_socket(fd: int, deadline: float, write: bool = False) -> None:

@@ -1,13 +1,13 @@
-"""TLS in front of waitress, in process: the listener takes TLS and hands the plain bytes to waitress.
+"""TLS in front of pgmedic's HTTP server, in process: the listener takes TLS and hands the plain bytes on.
 
-waitress has every limit the hostile-clients rules ask for (bodies refused before buffering, header
-cap, idle timeout, one I/O thread for half-open requests) but no TLS. Rather than trade those limits
-for a server with TLS, pgmedic terminates TLS itself: an asyncio listener (stdlib ssl) accepts TLS on
-the public address and copies each connection's bytes to waitress, which listens on a Unix socket in a
-private directory (0700) that nobody else can reach. HTTP parsing and its limits stay waitress's
-alone. What the front adds is bounded too: a handshake must finish within HANDSHAKE_TIMEOUT (a client
-that sends nothing, or plain HTTP, is dropped), at most as many connections are open as waitress allows, and a
-connection waitress closed (idle, done) is closed on the TLS side at once.
+The HTTP server (pgmedic.httpserver) has every limit the hostile-clients rules ask for (bodies refused
+before buffering, header cap, idle timeout, half-open requests never holding a thread) and speaks plain
+HTTP. TLS is terminated here: an asyncio listener (stdlib ssl) accepts TLS on the public address and
+copies each connection's bytes to the HTTP server, which listens on a Unix socket in a private
+directory (0700) that nobody else can reach. HTTP parsing and its limits stay the server's alone. What
+the front adds is bounded too: a handshake must finish within HANDSHAKE_TIMEOUT (a client that sends
+nothing, or plain HTTP, is dropped), at most as many connections are open as the server allows, and a
+connection the server closed (idle, done) is closed on the TLS side at once.
 
 A reload (SIGHUP) swaps certificates, client CA and TLS versions without closing the listener: every
 handshake asks CONTEXT() for the context in force, through the SNI callback, which OpenSSL calls for

@@ -447,7 +447,7 @@ def test_cpu_counter_never_decreases_when_backends_exit(cluster: Cluster, export
 
 def test_hundreds_of_backends_beyond_1024_descriptors(make_cluster: Callable[..., Cluster], exporter_for) -> None:
     """Two /proc handles per backend push the exporter's sockets past select()'s 1024 limit: it must
-    keep answering (waitress on poll()), and count every backend."""
+    keep answering (the server on epoll), and count every backend."""
     cluster = make_cluster(start=False)
     with open(cluster.data / "postgresql.conf", "a") as f:
         f.write("max_connections = 640\n")
@@ -470,7 +470,8 @@ def test_hundreds_of_backends_beyond_1024_descriptors(make_cluster: Callable[...
 @pytest.mark.one_pg  # a soak: its subject is the exporter, not the server version
 def test_descriptors_return_to_a_bound_after_a_connection_churn(cluster: Cluster, exporter_for) -> None:
     """Clients connect and leave (a hundred or more per second) while scrapes run: afterwards the
-    exporter holds no descriptors of exited backends (three per live process, plus its own few)."""
+    exporter counts none of them and holds no descriptors of exited backends (three per live process,
+    plus its own few)."""
     service = exporter_for(cluster)
     dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user={owner()}"
     scrape(service, timeout_header=5)
@@ -497,7 +498,9 @@ def test_descriptors_return_to_a_bound_after_a_connection_churn(cluster: Cluster
         for w in workers:
             w.join(30)
     time.sleep(0.5)
-    scrape(service, timeout_header=5)  # the walk after the churn drops what exited
+    samples, _ = scrape(service, timeout_header=5)  # the walk after the churn drops what exited
+    # Every exit was seen (from fork and exit events, or a listing): only the exporter's session is left.
+    assert value(samples, "pg_client_connections", pg_instance="main") == 1
     live = len(cluster.processes())
     fds = len(os.listdir(f"/proc/{service.proc.pid}/fd"))
     assert churned[0] > 40 * 50, f"only {churned[0]} connections in 40 s"
@@ -694,3 +697,14 @@ def test_statistics_session_survives_a_restart_and_never_holds_up_a_smart_shutdo
             stop.kill()
     samples, _ = scrape(service, timeout_header=5)
     assert value(samples, "pg_up", pg_instance="main") == 0
+
+
+def test_conninfo_reads_as_psycopg_writes_it() -> None:
+    """The exporter's own connection string says what psycopg's make_conninfo would, quotes included."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from pgmedic.connection import conninfo
+
+    params = {"host": "/tmp/a b", "port": 5432, "dbname": "it's", "user": "back\\slash", "options": "-c x=1 -c y=2",
+              "application_name": None}  # fmt: skip
+    assert conninfo_to_dict(conninfo(params)) == {k: str(v) for k, v in params.items() if v is not None}

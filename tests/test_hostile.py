@@ -12,7 +12,7 @@ from pgmedic.demo.sandbox import Cluster, free_port, http, pgmedic_service, writ
 from tests.harness import alert_payload
 
 TOKEN = "hostile-token"
-HALF_OPEN = 110  # one more than waitress' old default limit of 100, as the issue's probe
+HALF_OPEN = 110  # one more than the 100 connections many servers allow by default, as the issue's probe
 
 
 def _services(cluster: Cluster, tmp_path: Path, services: list) -> tuple[str, str]:
