@@ -20,11 +20,11 @@ class ScrapeContext:
     postmaster: Postmaster | None
     sql: SqlFacts  # this scrape's SQL visit (up=False with a reason when it could not happen)
     known: SqlFacts | None  # the last successful visit: settings and version rarely change
-    processes: list[TrackedProcess] | None = None
-    # The same processes by backend type (the processes collector groups them once).
+    # The processes other than client backends by backend type (the processes collector groups them once).
     by_type: dict[str, list[TrackedProcess]] = field(default_factory=dict)
-    # The processes collector's walk (live, skipped), made while the SQL visit was on its way.
-    walked: tuple[list[TrackedProcess], list[TrackedProcess]] | None = None
+    # The processes collector's walk (those other processes, skipped client pids), made while the SQL
+    # visit was on its way.
+    walked: tuple[list[TrackedProcess], set[int]] | None = None
     # The pid of this scrape's fresh SQL backend (not a client to count), once its connect attempt ended.
     own_backends: Callable[[], list[int]] = list
     labels: dict[str, str] = field(default_factory=dict)

@@ -46,7 +46,8 @@ _UNIT_BYTES = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 # left out afterwards. So do backends that may have run since the previous scrape's scan ($1, an epoch,
 # or NULL): not idle, or idle since then. The process walk reads only those (and every other process of the
 # postmaster) each scrape; see exporter/tracker.py. A process this role may not see (NULL type) comes back
-# as HIDDEN: the visit then names none, and every backend is read. A client still starting has a NULL
+# as HIDDEN: the visit then names none, and every backend is read. The sixth column counts the sessions
+# waiting on a heavyweight lock (see Statement.lock_waits_only). A client still starting has a NULL
 # state: not counted (it is no session yet), and new to the walk anyway. The view would join pg_database and pg_authid
 # per row and, in a brand-new backend, load its rewrite rules first: the function alone halves the cost.
 # Database names come from DATABASES_SQL.
@@ -55,7 +56,8 @@ ACTIVITY_SQL = f"""
 SELECT datid, coalesce(state, CASE WHEN backend_type IS NULL THEN '{HIDDEN}' END), count(*),
        max(extract(epoch FROM clock_timestamp() - xact_start)),
        CASE WHEN application_name = '{APPLICATION_NAME}' OR state IS DISTINCT FROM 'idle'
-                 OR state_change >= to_timestamp($1::float8) THEN pid END
+                 OR state_change >= to_timestamp($1::float8) THEN pid END,
+       count(*) FILTER (WHERE wait_event_type = 'Lock')
 FROM pg_stat_get_activity(NULL)
 WHERE (backend_type = 'client backend' OR backend_type IS NULL) AND pid <> pg_backend_pid()
 GROUP BY 1, 2, 5
@@ -92,6 +94,10 @@ class Statement:
     sql: str
     since: int = 0
     until: int = 10**7
+    # Sent only while sessions wait on locks: when the previous activity scan saw one waiting (or
+    # there was no previous scan). For pg_locks, which visits every backend's fast-path lock slots: with
+    # a thousand clients it costs the server as much as the activity scan, and it is nearly always empty.
+    lock_waits_only: bool = False
 
     def applies_to(self, version_num: int) -> bool:
         return self.since <= version_num < self.until
@@ -117,6 +123,8 @@ class SqlFacts:
     results: dict[str, Rows | str] = field(default_factory=dict)
     # Client backends that may have run since the previous scan (see ACTIVITY_SQL); None: not known.
     busy: set[int] | None = None
+    # Sessions waiting on a heavyweight lock at this scan; None: not known.
+    lock_waiters: int | None = None
 
     def setting_bytes(self, name: str) -> float | None:
         """A memory setting as rendered by current_setting ("4MB", "16kB") in bytes."""
@@ -153,6 +161,7 @@ class StatsSession:
         # Wall time (epoch) the activity scan now in flight was sent, and the one before it that answered.
         self.sent_at: float | None = None
         self.scanned_since: float | None = None
+        self.lock_waiters: int | None = None  # at the latest scan that answered; None: unknown
 
     @property
     def backend_pid(self) -> int | None:
@@ -255,7 +264,10 @@ def _send_statistics(
 ) -> dict[str, str]:
     """Open the session if needed and send every statement for this server's version; them, in order."""
     stats = session.ensure(cfg, pid_file, deadline)
-    statements = {**STATEMENTS, **{s.name: s.sql for s in extra if s.applies_to(stats.server_version)}}
+    wanted = [
+        s for s in extra if s.applies_to(stats.server_version) and not (s.lock_waits_only and session.lock_waiters == 0)
+    ]
+    statements = {**STATEMENTS, **{s.name: s.sql for s in wanted}}
     since = None if session.scanned_since is None else str(session.scanned_since - BUSY_MARGIN).encode()
     session.sent_at = time.time()
     send_isolated(stats, [(sql, [since] if name == "activity" else None) for name, sql in statements.items()])
@@ -289,12 +301,13 @@ def _visit(
     results = _receive_statistics(session, cfg, pid_file, statements, extra, deadline, facts)
     if results is None:
         return _failed_all(facts, own)
-    facts.results = {s.name: results[s.name] for s in own}
+    facts.results = {s.name: results[s.name] for s in own if s.name in results}  # lock_waits_only: maybe not sent
     _step(facts, "settings", lambda: _settings(facts, results["settings"], results["primary_conninfo"]))
     own_pid = str(fresh.backend_pid)
     _step(facts, "activity", lambda: _activity(facts, results["databases"], results["activity"], own_pid))
     if facts.busy is not None:  # the next scan looks back to this one
         session.scanned_since = session.sent_at
+    session.lock_waiters = facts.lock_waiters
     return facts
 
 
@@ -428,7 +441,8 @@ def _activity(facts: SqlFacts, databases: Rows | str, activity: Rows | str, fres
     facts.databases.sort()
     counts: dict[tuple[str, str], int] = {}
     busy: set[int] | None = set()
-    for datid, state, count, oldest, pid in _rows(activity):
+    waiting = 0
+    for datid, state, count, oldest, pid, lock_waits in _rows(activity):
         if state == HIDDEN:  # a backend this role may not see: no hint this time
             busy = None
             continue
@@ -438,9 +452,11 @@ def _activity(facts: SqlFacts, databases: Rows | str, activity: Rows | str, fres
             busy.add(int(pid))
         if pid == fresh_pid:
             continue
+        waiting += int(lock_waits or 0)
         key = (names.get(datid, ""), state)
         counts[key] = counts.get(key, 0) + int(count or 0)
         if oldest is not None:
             facts.max_tx[state] = max(facts.max_tx.get(state, 0.0), float(oldest))
     facts.activity = [(datname, state, n) for (datname, state), n in counts.items()]
     facts.busy = busy
+    facts.lock_waiters = waiting

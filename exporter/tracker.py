@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import defaultdict, deque
+from operator import attrgetter
 
 from pgmedic import procfs
 from pgmedic.procevents import ChildSet, open_events
@@ -45,6 +46,7 @@ YIELD_EVERY = 32
 SMALL_READ = 256  # statm and schedstat are under 100 bytes; a small buffer stays in Python's fast allocator
 MEMORY_REFRESH = 8  # scrapes an idle process's statm may go unread (spread over processes by pid)
 CLIENT = "client_backend"  # the only type the SQL hint speaks for
+_ANON = attrgetter("anon")
 # Scrapes a client backend the scans keep calling idle goes unread: then its turn comes (by pid), for
 # what runs without a change of state (a LISTEN notification, a cache invalidation catch-up) and what
 # the kernel reclaims. Every read costs about 8 µs of kernel time: a thousand idle clients cost 16 a scrape.
@@ -72,8 +74,8 @@ class TrackedProcess:
         "statm",
         "statm_fd",
         "swap",
-        "system_seconds",
-        "user_seconds",
+        "system_ticks",
+        "user_ticks",
     )
 
     def __init__(self, pid: int, keep_open: bool, parent: int | None = None) -> None:
@@ -99,7 +101,7 @@ class TrackedProcess:
             if stat is None or stat.is_zombie or (parent is not None and stat.ppid != parent):
                 raise ProcessGone(pid)
             self.start_ticks = stat.start_ticks
-            self.user_seconds, self.system_seconds = stat.utime_seconds, stat.stime_seconds
+            self.user_ticks, self.system_ticks = stat.utime_ticks, stat.stime_ticks
             if self.sched_fd is not None:
                 self.sched = _pread(self.sched_fd)  # stat was just read: no need to read it again below
             self.update(
@@ -147,7 +149,7 @@ class TrackedProcess:
         stat = procfs.read_stat(self.pid)
         if stat is None or stat.is_zombie or stat.start_ticks != self.start_ticks:
             raise ProcessGone(self.pid)
-        self.user_seconds, self.system_seconds = stat.utime_seconds, stat.stime_seconds
+        self.user_ticks, self.system_ticks = stat.utime_ticks, stat.stime_ticks
         self.update(procfs.read_file(f"{procfs.PROC}/{self.pid}/statm"), self.sched)
 
     def update(self, statm: bytes | None, sched: bytes) -> None:
@@ -157,7 +159,7 @@ class TrackedProcess:
                 stat = procfs.parse_stat(self.pid, _pread(self.stat_fd))
                 if stat is None:
                     raise ProcessGone(self.pid)
-                self.user_seconds, self.system_seconds = stat.utime_seconds, stat.stime_seconds
+                self.user_ticks, self.system_ticks = stat.utime_ticks, stat.stime_ticks
             self.sched = sched
         if statm != self.statm:
             memory = procfs.parse_statm(statm or b"")
@@ -165,6 +167,10 @@ class TrackedProcess:
                 raise ProcessGone(self.pid)
             self.anon, self.shared = memory
             self.statm = statm
+
+    def values(self) -> tuple[int, int, int, int, int]:
+        """What the tracker sums by type (see ProcessTracker.totals): anon, shared, swap, user and system ticks."""
+        return self.anon, self.shared, self.swap, self.user_ticks, self.system_ticks
 
     def close(self) -> None:
         for fd in (self.stat_fd, self.statm_fd, self.sched_fd):
@@ -182,9 +188,22 @@ def _pread(fd: int) -> bytes:
 
 
 class ProcessTracker:
+    """Every process of one postmaster across scrapes, and their sums by backend type.
+
+    The sums (``totals``) are kept as processes change rather than added up each scrape: a scrape then
+    touches only the processes it read, not all thousand objects of the idle clients (after an idle gap
+    each object is a cold memory access, and summing them cost more than reading /proc for the busy
+    ones). Every value is an integer (bytes, clock ticks), so adding and taking away never drifts, and
+    a CPU counter (totals plus ``retired``) never runs backwards. A process counts once it has a type
+    and is not the exporter's own; its values count as last read.
+    """
+
     def __init__(self, max_handles: int = 4096) -> None:
         self._procs: dict[int, TrackedProcess] = {}  # by pid; each bound to one process
-        self.retired: defaultdict[tuple[str, str], float] = defaultdict(float)
+        # Backend type -> [processes, anon, shared, swap, user ticks, system ticks] of those counted.
+        self.totals: dict[str, list[int]] = {}
+        # CPU ticks of processes that exited, by (backend type, "user" or "system").
+        self.retired: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.max_handles = max_handles  # beyond it (descriptor limit), files are opened by path each time
         # Client backend pids that may have run since the previous SQL scan, from the latest SQL visit;
         # None: unknown (no visit answered), every process is read.
@@ -194,12 +213,14 @@ class ProcessTracker:
         # The exporter's latest own backends: one that exits after its scrape may be first seen by the next.
         self._own_pids: deque[int] = deque(maxlen=8)
         self._walks = 0
+        self._largest: TrackedProcess | None = None  # the client with the most anonymous memory, if known
         self.children = ChildSet(open_events())  # the postmaster's children, from fork and exit events
 
-    def walk(self, postmaster_pid: int | None) -> tuple[list[TrackedProcess], list[TrackedProcess]]:
-        """The postmaster and its live children, freshly read, and which of them the walk skipped
-        (client backends idle at the previous scan: see the module's docstring and ``catch_up``);
-        processes that exited are retired.
+    def walk(self, postmaster_pid: int | None) -> tuple[list[TrackedProcess], set[int]]:
+        """The postmaster and its counted processes other than client backends, freshly read, and the
+        pids of the client backends the walk skipped (idle at the previous scan: see the module's
+        docstring and ``catch_up``); processes that exited are retired, and the sums follow every value
+        read.
 
         The loop is the scrape's hot path (once per backend): nothing read for a skipped backend; one
         pread and one byte comparison for a process that slept since the last scrape; for one that ran
@@ -216,7 +237,7 @@ class ProcessTracker:
             skip = (self._clients & listed) - hint
             due = skip & self._turns[self._walks % IDLE_REREAD]
             skip -= due
-        live: list[TrackedProcess] = []
+        others: list[TrackedProcess] = []
         reads = 0
         for pid in listed - skip if skip else pids:
             proc = get(pid)
@@ -224,10 +245,7 @@ class ProcessTracker:
                 reads += 1
                 if not reads % YIELD_EVERY:
                     os.sched_yield()  # let the SQL thread take the GIL: see YIELD_EVERY
-                try:
-                    proc.refresh(memory=pid in due)
-                except (OSError, ProcessGone):
-                    self._retire(pid)
+                if not self._refresh(proc, pid in due):
                     proc = None
             if proc is None:
                 try:
@@ -240,51 +258,89 @@ class ProcessTracker:
                 proc.own = pid in self._own_pids
             if proc.backend_type is None:
                 proc.backend_type = "postmaster" if pid == postmaster_pid else _classify(pid)
-                if proc.backend_type == CLIENT and not proc.own:
-                    self._clients.add(pid)
-                    self._turns[pid % IDLE_REREAD].add(pid)
-            if proc.backend_type is not None and not proc.own:  # untyped: a fresh fork without its title yet
-                live.append(proc)
-        skipped = list(map(procs.__getitem__, skip))  # never the exporter's own: they are not in _clients
-        live += skipped
+                if proc.backend_type is not None and not proc.own:  # untyped: a fresh fork without its title yet
+                    self._count(proc, 1)
+                    if proc.backend_type == CLIENT:
+                        self._clients.add(pid)
+                        self._turns[pid % IDLE_REREAD].add(pid)
+            if proc.backend_type is not None and proc.backend_type != CLIENT and not proc.own:
+                others.append(proc)
+        for pid in procs.keys() - listed:  # exited
+            self._retire(pid)
         if swapping:  # VmSwap changes while a process sleeps: read it every scrape, only on hosts that swap
-            for proc in live:
+            for proc in [p for p in procs.values() if p.backend_type is not None and not p.own]:
+                before = proc.values()
                 proc.swap = procfs.read_swap(proc.pid)
-        if len(procs) > len(pids) or len(live) < len(pids):  # else every tracked process was listed and live
-            for pid in procs.keys() - set(pids):
-                self._retire(pid)
-        return live, skipped
+                self._shift(proc, before)
+        return others, skip  # the skipped are never the exporter's own: those are not in _clients
 
-    def catch_up(
-        self, live: list[TrackedProcess], skipped: list[TrackedProcess], busy: set[int] | None
-    ) -> list[TrackedProcess]:
-        """LIVE, after reading the SKIPPED backends that BUSY (this scrape's SQL visit) says may have run
-        since the previous scan, or all of them when BUSY is None; those found gone are retired."""
-        if busy is not None and len(busy) < len(skipped):
-            skipped = [proc for pid in busy if (proc := self._procs.get(pid)) is not None and proc in skipped]
-        gone: set[int] = set()
-        for proc in skipped if busy is None else [p for p in skipped if p.pid in busy]:
-            if self._procs.get(proc.pid) is not proc:  # retired meanwhile (an overlapping scrape's walk)
-                gone.add(id(proc))
-                continue
-            try:
-                proc.refresh(memory=True)
-            except (OSError, ProcessGone):
-                self._retire(proc.pid)
-                gone.add(id(proc))
-        return [p for p in live if id(p) not in gone] if gone else live
+    def catch_up(self, skipped: set[int], busy: set[int] | None) -> None:
+        """Read the SKIPPED backends (pids) that BUSY (this scrape's SQL visit) says may have run since
+        the previous scan, or all of them when BUSY is None; those found gone are retired."""
+        for pid in skipped if busy is None else skipped & busy:
+            proc = self._procs.get(pid)
+            if proc is not None:  # else retired meanwhile (an overlapping scrape's walk)
+                self._refresh(proc, True)
 
-    def disown(self, live: list[TrackedProcess], pids: list[int]) -> list[TrackedProcess]:
-        """LIVE without the exporter's own backends PIDS, which are never reported nor accounted."""
+    def disown(self, pids: list[int]) -> None:
+        """The exporter's own backends PIDS are neither reported nor counted."""
         self._own_pids.extend(pid for pid in pids if pid not in self._own_pids)
-        own = [proc for pid in pids if (proc := self._procs.get(pid)) is not None and not proc.own]
-        for proc in own:
-            proc.own = True
-            self._clients.discard(proc.pid)
-            self._turns[proc.pid % IDLE_REREAD].discard(proc.pid)
-            if proc in live:
-                live.remove(proc)
-        return live
+        for pid in pids:
+            proc = self._procs.get(pid)
+            if proc is not None and not proc.own:
+                if proc.backend_type is not None:
+                    self._count(proc, -1)
+                proc.own = True
+                self._clients.discard(pid)
+                self._turns[pid % IDLE_REREAD].discard(pid)
+
+    def largest_client_anon(self) -> int:
+        """The most anonymous memory of one client backend (0 without clients). The holder is kept: all
+        clients are looked at only when it shrank or went."""
+        if self._largest is None or self._procs.get(self._largest.pid) is not self._largest:
+            clients = [self._procs[pid] for pid in self._clients]
+            self._largest = max(clients, key=_ANON) if clients else None
+        return self._largest.anon if self._largest is not None else 0
+
+    def _refresh(self, proc: TrackedProcess, memory: bool) -> bool:
+        """Re-read PROC and move the sums with it; False (and retired) once it has exited."""
+        before = proc.values()
+        try:
+            proc.refresh(memory=memory)
+            return True
+        except (OSError, ProcessGone):
+            self._shift(proc, before)  # what it read before failing, so the retirement takes it all out
+            self._retire(proc.pid)
+            return False
+        finally:
+            if self._procs.get(proc.pid) is proc:
+                self._shift(proc, before)
+
+    def _shift(self, proc: TrackedProcess, before: tuple[int, ...]) -> None:
+        """PROC's values changed from BEFORE: the sums of its type follow (if it counts)."""
+        after = proc.values()
+        if after == before or proc.backend_type is None or proc.own:
+            return
+        row = self.totals[proc.backend_type]
+        for i, (old, new) in enumerate(zip(before, after, strict=True), start=1):
+            row[i] += new - old
+        if proc.backend_type == CLIENT and self._largest is not None:
+            if proc.anon > self._largest.anon:
+                self._largest = proc
+            elif proc is self._largest and proc.anon < before[0]:
+                self._largest = None  # it shrank: look at all of them next time
+
+    def _count(self, proc: TrackedProcess, sign: int) -> None:
+        """Add PROC to the sums of its type (SIGN 1) or take it out (-1)."""
+        row = self.totals.setdefault(proc.backend_type or "", [0] * 6)
+        row[0] += sign
+        for i, value in enumerate(proc.values(), start=1):
+            row[i] += sign * value
+        if proc.backend_type == CLIENT and self._largest is not None:
+            if sign > 0 and proc.anon > self._largest.anon:
+                self._largest = proc
+            elif sign < 0 and proc is self._largest:
+                self._largest = None
 
     def _retire(self, pid: int) -> None:
         proc = self._procs.pop(pid)
@@ -293,8 +349,9 @@ class ProcessTracker:
         self._turns[pid % IDLE_REREAD].discard(pid)
         proc.close()
         if proc.backend_type is not None and not proc.own:
-            self.retired[(proc.backend_type, "user")] += proc.user_seconds
-            self.retired[(proc.backend_type, "system")] += proc.system_seconds
+            self._count(proc, -1)
+            self.retired[(proc.backend_type, "user")] += proc.user_ticks
+            self.retired[(proc.backend_type, "system")] += proc.system_ticks
 
     def close(self) -> None:
         self.children.close()
@@ -302,6 +359,8 @@ class ProcessTracker:
             proc.close()
         self._procs.clear()
         self._clients.clear()
+        self.totals.clear()
+        self._largest = None
         for turn in self._turns:
             turn.clear()
 

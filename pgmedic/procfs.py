@@ -52,8 +52,8 @@ class ProcStat:
     pid: int
     state: str  # R, S, D, T (stopped), t, Z (zombie), X, I
     ppid: int
-    utime_seconds: float
-    stime_seconds: float
+    utime_ticks: int  # clock ticks (SC_CLK_TCK a second): integers, so sums of them never drift
+    stime_ticks: int
     start_ticks: int  # since boot; with the pid it identifies one process for its whole life
 
     @property
@@ -81,13 +81,12 @@ def parse_stat(pid: int, data: bytes) -> ProcStat | None:
     rest = data[data.rfind(b")") + 2 :].split()
     if len(rest) < 20:
         return None
-    ticks = clock_ticks()
     return ProcStat(
         pid=pid,
         state=rest[0].decode(),
         ppid=int(rest[1]),
-        utime_seconds=int(rest[11]) / ticks,
-        stime_seconds=int(rest[12]) / ticks,
+        utime_ticks=int(rest[11]),
+        stime_ticks=int(rest[12]),
         start_ticks=int(rest[19]),
     )
 

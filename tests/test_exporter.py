@@ -652,10 +652,12 @@ def test_tracker_without_spare_descriptors_reads_the_same(cluster: Cluster) -> N
         b.execute("SELECT 1")
         kept, by_path = ProcessTracker(), ProcessTracker(max_handles=0)
         for _ in range(2):  # the second walk takes the re-read path of each tracker
-            with_fds = {p.pid: (p.backend_type, p.start_ticks, p.anon > 0) for p in kept.walk(postmaster)[0]}
-            without = {p.pid: (p.backend_type, p.start_ticks, p.anon > 0) for p in by_path.walk(postmaster)[0]}
+            kept.walk(postmaster)
+            by_path.walk(postmaster)
+            with_fds = {pid: (p.backend_type, p.start_ticks, p.anon > 0) for pid, p in kept._procs.items()}
+            without = {pid: (p.backend_type, p.start_ticks, p.anon > 0) for pid, p in by_path._procs.items()}
             assert with_fds == without
-        assert sum(1 for kind, _, _ in with_fds.values() if kind == "client_backend") == 2
+        assert kept.totals["client_backend"][0] == by_path.totals["client_backend"][0] == 2
         assert all(anon for _, _, anon in with_fds.values())
     kept.close()
     by_path.close()
@@ -708,3 +710,46 @@ def test_conninfo_reads_as_psycopg_writes_it() -> None:
     params = {"host": "/tmp/a b", "port": 5432, "dbname": "it's", "user": "back\\slash", "options": "-c x=1 -c y=2",
               "application_name": None}  # fmt: skip
     assert conninfo_to_dict(conninfo(params)) == {k: str(v) for k, v in params.items() if v is not None}
+
+
+@pytest.mark.one_pg  # the tracker's own bookkeeping
+def test_the_sums_by_type_stay_equal_to_the_processes_they_sum(cluster: Cluster) -> None:
+    """The tracker keeps its sums by type as processes are read, come and go (not added up each scrape):
+    through clients that connect, work, go idle and leave, and the exporter's own backends left out,
+    they equal the sums of the processes it tracks after every scrape, and CPU counters never go down."""
+    from pgmedic.exporter.scraper import Exporter
+
+    exporter = Exporter(load_config(str(cluster.config_path)))
+    tracker = exporter.scrapers[0].tracker
+    dsn = f"host={cluster.socket_dir} port={cluster.port} dbname=postgres user={owner()}"
+    clients: list[psycopg.Connection] = []
+    last_cpu: dict[tuple[str, str], float] = {}
+    try:
+        exporter.scrape(5.0)  # opens the statistics session, which the next walks find
+        for step in range(12):
+            if step % 3 == 0:
+                clients += [psycopg.connect(dsn, autocommit=True) for _ in range(4)]
+            if clients and step % 4 == 1:
+                clients.pop(0).close()
+            for c in clients[::3]:
+                c.execute("SELECT count(*) FROM generate_series(1, 200000)").fetchone()
+            families = dict(exporter.scrape(5.0).families())
+            expected: dict[str, list[int]] = {}
+            for proc in tracker._procs.values():
+                if proc.backend_type is not None and not proc.own:
+                    row = expected.setdefault(proc.backend_type, [0] * 6)
+                    for i, v in enumerate((1, *proc.values())):
+                        row[i] += v
+            assert {k: r for k, r in tracker.totals.items() if r[0]} == expected, f"step {step}"
+            counted = {labels["backend_type"]: v for labels, v in families["pg_processes"]}
+            assert counted["client_backend"] == len(clients) + 1, "the clients and the statistics session"
+            for labels, seconds in families["pg_process_cpu_seconds_total"]:
+                key = (labels["backend_type"], labels["mode"])
+                assert seconds >= last_cpu.get(key, 0.0), key
+                last_cpu[key] = seconds
+            largest = max(p.anon for p in tracker._procs.values() if p.backend_type == "client_backend" and not p.own)
+            assert [v for _, v in families["pg_backend_memory_anon_max_bytes"]] == [largest]
+    finally:
+        for c in clients:
+            c.close()
+        exporter.close()

@@ -263,3 +263,33 @@ def test_filesystems_of_data_wal_and_tablespace_from_the_os_also_while_down(
         assert value(samples, "pgmedic_collector_success", pg_instance="main", collector="slots") == 0
         assert not has(samples, "pg_replication_slot_slot_is_active")
         cluster.destroy()  # nothing may hold the tmpfs when it is unmounted
+
+
+@pytest.mark.one_pg  # pgmedic's own economy, not the server's
+def test_pg_locks_is_read_only_while_sessions_wait(cluster: Cluster, blocker) -> None:
+    """The lock table is asked only when the previous scan saw a session waiting on a lock: not at all
+    on a quiet server; on the first scrape of a wait the count comes from the activity scan."""
+    from pgmedic.exporter.scraper import Exporter
+
+    from pgmedic.config import load_config
+
+    exporter = Exporter(load_config(str(cluster.config_path)))
+    scraper = exporter.scrapers[0]
+    _holder, wait_for_lock = blocker
+    try:
+        exporter.scrape(5)
+        assert scraper.known is not None and "blocking" in scraper.known.results, "first scrape: nothing known yet"
+        exporter.scrape(5)
+        assert "blocking" not in scraper.known.results, "nobody waited at the previous scan: not asked"
+        wait_for_lock()
+        wait_for(lambda: exporter.scrape(5) and scraper.session.lock_waiters == 1, 10, "a session waiting")
+        assert "blocking" not in scraper.known.results, "first seen by the activity scan"
+        time.sleep(1.1)
+        samples = exporter.scrape(5)
+        assert "blocking" in scraper.known.results, "asked while the session waits"
+        waits = [
+            v for name, rows in samples.families() if name == "pg_blocked_sessions_max_wait_seconds" for _, v in rows
+        ]
+        assert waits and waits[0] >= 1.0
+    finally:
+        exporter.close()

@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
+from pgmedic.exporter.tracker import ProcessTracker
 
-from exporter.tracker import ProcessTracker
 from pgmedic import procfs
 from pgmedic.procevents import RELIST_EVERY, ChildSet, open_events
 
