@@ -54,10 +54,8 @@ def parse_head(head: bytes) -> Request:
     if len(parts) != 3 or not TOKEN.fullmatch(parts[0]) or not parts[1]:
         raise HttpError(HTTPStatus.BAD_REQUEST, "malformed request line")
     method, target, version = parts
-    if version not in VERSIONS:
-        if re.fullmatch(rb"HTTP/\d\.\d", version):
-            raise HttpError(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.0 and HTTP/1.1")
-        raise HttpError(HTTPStatus.BAD_REQUEST, "malformed request line")
+    if version not in VERSIONS:  # a 400, not 505: every request the server cannot take is the client's 4xx
+        raise HttpError(HTTPStatus.BAD_REQUEST, "malformed request line: only HTTP/1.0 and HTTP/1.1")
     if any(b < 0x21 or b == 0x7F for b in target):
         raise HttpError(HTTPStatus.BAD_REQUEST, "control characters in the request target")
     headers: list[tuple[str, str]] = []
@@ -81,7 +79,7 @@ def body_framing(request: Request, max_body: int) -> int | None:
         if lengths:
             raise HttpError(HTTPStatus.BAD_REQUEST, "both Content-Length and Transfer-Encoding")
         if [c.strip().lower() for c in ",".join(codings).split(",")] != ["chunked"]:
-            raise HttpError(HTTPStatus.NOT_IMPLEMENTED, "only the chunked transfer coding is supported")
+            raise HttpError(HTTPStatus.BAD_REQUEST, "only the chunked transfer coding is supported")
         return None
     if len(lengths) > 1:
         raise HttpError(HTTPStatus.BAD_REQUEST, "conflicting Content-Length headers")

@@ -1,4 +1,4 @@
-"""``pgmedic remediator``: serve the app with waitress, as child subreaper of the servers it starts."""
+"""``pgmedic remediator``: serve the app with pgmedic.httpserver, as child subreaper of the servers it starts."""
 
 from __future__ import annotations
 
