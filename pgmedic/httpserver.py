@@ -275,7 +275,7 @@ class Server:
     def _wait_for(self, conn: Connection) -> None:
         """Arm CONN for its next input, and the idle timer for it if none is armed earlier."""
         with self._state:
-            if conn.fd not in self._conns or self._closing:
+            if self._conns.get(conn.fd) is not conn or self._closing:  # closed (its number maybe reused)
                 return
             self._alarm(conn.expiry(self.idle_timeout))
             conn.owned = False
@@ -290,8 +290,9 @@ class Server:
     def _drop(self, conn: Connection, graceful: bool = False) -> None:
         """Close CONN; GRACEFUL: after an answer, with its end of stream sent first."""
         with self._state:
-            if self._conns.pop(conn.fd, None) is None:
+            if self._conns.get(conn.fd) is not conn:  # closed already: its number may be another's by now
                 return
+            del self._conns[conn.fd]
             with contextlib.suppress(OSError, ValueError):  # ValueError: the epoll set closed (shutting down)
                 self._epoll.unregister(conn.fd)
             if not self._closing:  # else the timer and the listener are closed, or about to be

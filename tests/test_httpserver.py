@@ -311,3 +311,35 @@ def test_behind_the_tls_front_the_plain_socket_is_private(tmp_path: Path) -> Non
     finally:
         server.close()
         server._release()
+
+
+def test_closing_a_connection_twice_never_closes_the_one_that_took_its_number() -> None:
+    """A thread late with a connection another already closed (the idle sweep, a failed read) must not
+    close the new connection the kernel gave the same descriptor number."""
+    server = Server(_app, "127.0.0.1", 0, WebState(None), threads=2, ident="test", max_body=0)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert server._listener is not None
+        address = server._listener.getsockname()
+        with _connect(address) as first:
+            first.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert _response(first)[0] == 200
+            (stale,) = server._conns.values()
+            server._drop(stale)
+            assert _closed(first)
+        for _ in range(20):  # until the kernel hands the same number to a new connection
+            second = _connect(address)
+            second.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert _response(second)[0] == 200
+            if stale.fd in server._conns:
+                break
+            second.close()
+        assert stale.fd in server._conns and server._conns[stale.fd] is not stale, "the number is reused"
+        server._drop(stale)  # late, again
+        second.sendall(b"GET /still HTTP/1.1\r\n\r\n")
+        assert _response(second)[0] == 200, "the new connection was not touched"
+        second.close()
+    finally:
+        server.close()
+        thread.join(5)
