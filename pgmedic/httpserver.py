@@ -84,7 +84,7 @@ class Server:
         self, app: App, host: str, port: int, web: WebState, *, threads: int, ident: str, max_body: int,
         idle_timeout: float = IDLE_TIMEOUT, connection_limit: int = CONNECTION_LIMIT,
     ) -> None:  # fmt: skip
-        self.app, self.web, self.ident, self.max_body = app, web, ident, max_body
+        self.app, self.ident, self.max_body = app, ident, max_body
         self.idle_timeout, self.connection_limit, self.threads = idle_timeout, connection_limit, max(1, threads)
         self.host, self.port = host, port
         self._closing = False

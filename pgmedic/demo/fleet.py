@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,16 @@ from .sandbox import (
     wait_for,
     write_config,
 )
-from .stack import ALERTMANAGER, ALERTS_DIR, INSTANCE_DEFAULTS, PROMETHEUS, TOOLS_HINT, missing_tools, prometheus_flags
+from .stack import (
+    ALERTMANAGER,
+    ALERTS_DIR,
+    INSTANCE_DEFAULTS,
+    PROMETHEUS,
+    TOOLS_HINT,
+    missing_tools,
+    prometheus_flags,
+    prometheus_query,
+)
 
 FIRST_ADDRESS = 11  # host N listens on 127.0.0.(10 + N)
 
@@ -83,11 +91,7 @@ class Fleet:
         return self.services[name].url
 
     def query(self, expr: str, prometheus: str = "prometheus0") -> list[dict[str, Any]]:
-        status, body = http("GET", self.url(prometheus) + "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
-        if status != 200 or body.get("status") != "success":
-            raise RuntimeError(f"query {expr!r} on {prometheus} failed: {status} {body}")
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
+        return prometheus_query(self.url(prometheus), expr)
 
     def firing(self, alertname: str, prometheus: str = "prometheus0") -> list[dict[str, str]]:
         """Labels of ALERTNAME firing now, as PROMETHEUS evaluates it."""

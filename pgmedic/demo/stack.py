@@ -48,6 +48,15 @@ def missing_tools() -> list[str]:
     return [tool for tool in (PROMETHEUS, ALERTMANAGER) if shutil.which(tool) is None]
 
 
+def prometheus_query(url: str, expr: str) -> list[dict[str, Any]]:
+    """An instant query of the Prometheus at URL: the result vector or matrix; RuntimeError if it failed."""
+    status, body = http("GET", url + "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    if status != 200 or body.get("status") != "success":
+        raise RuntimeError(f"query {expr!r} on {url} failed: {status} {body}")
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
 @dataclass
 class Stack:
     root: Path
@@ -69,11 +78,7 @@ class Stack:
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Prometheus instant query; returns the result vector or matrix."""
-        status, body = http("GET", self.url("prometheus") + "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
-        if status != 200 or body.get("status") != "success":
-            raise RuntimeError(f"query {expr!r} failed: {status} {body}")
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
+        return prometheus_query(self.url("prometheus"), expr)
 
     def samples(self, expr: str, minutes: int = 10) -> list[tuple[float, float]]:
         """Raw samples of one series selector over the last minutes, oldest first."""
