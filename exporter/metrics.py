@@ -77,7 +77,8 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     ),
     "pg_instance_info": (
         INFO,
-        "Version, data directory and port of the instance (SQL, else PG_VERSION and the config).",
+        "Version, data directory, port (SQL, else PG_VERSION and the config) and manager of the instance (systemd, "
+        "pg_ctlcluster, pg_ctl, command, patroni, pg_autoctl, repmgr).",
     ),
     "pg_settings_max_connections": (GAUGE, "max_connections, read with current_setting()."),
     "pg_settings_superuser_reserved_connections": (

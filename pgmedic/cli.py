@@ -30,6 +30,7 @@ from .errors import ConfigError, PgmedicError
 from .instance import Instance
 from .journal import open_journal
 from .locks import instance_lock
+from .managers import ManagerProblem
 from .services import reload_service, running_services
 from .signals import SIGNAL_STEP
 from .states import EXIT_CODES, State
@@ -76,6 +77,14 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_text)
         s.add_argument("cls", metavar="instance")
         s.add_argument("name")
+    s = sub.add_parser(
+        "discover", help="list every PostgreSQL on this host; --add NAME… writes instance files that watch them"
+    )
+    s.add_argument(
+        "words", nargs="*", metavar="configfile=PATH", help="also the data directories of a POSTGRESconfig.xml"
+    )
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--add", nargs="+", metavar="NAME", default=[], help="add these found instances (names as listed)")
     s = sub.add_parser("query", help="attributes and live state of one or all instances")
     s.add_argument("cls", metavar="instance")
     s.add_argument("name", nargs="?")
@@ -143,15 +152,63 @@ def _writable_instance(config: Config, name: str) -> Path:
 
 
 def cmd_add(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
-    attrs = _parse_attrs(args.attrs)
-    if args.name in config.instances:
-        raise UsageError(
-            f"instance {shown(args.name)} already exists (in {config.instances[args.name].source}); use modify"
-        )
-    path = _instance_file(config, args.name)
-    inst = build_instance(args.name, attrs, "command line")
+    _add_instance(config, args.name, _parse_attrs(args.attrs), argv)
+    return 0
+
+
+def _add_instance(config: Config, name: str, attrs: dict[str, Any], argv: Sequence[str]) -> None:
+    """Validate and write instances.d/NAME.yaml (``add`` and ``discover --add`` alike)."""
+    if name in config.instances:
+        raise UsageError(f"instance {shown(name)} already exists (in {config.instances[name].source}); use modify")
+    path = _instance_file(config, name)
+    inst = build_instance(name, attrs, "command line")
     write_instance_file(path, inst.attributes(), argv)
-    print(f"added instance {args.name} ({inst.data_directory}) to {path}")
+    print(f"added instance {name} ({inst.data_directory}) to {path}")
+
+
+DISCOVER_COLUMNS = ("name", "version", "port", "socket_directory", "owner", "manager", "watched_as", "data_directory")
+
+
+def cmd_discover(config: Config, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .discover import discover
+
+    configfiles = []
+    for word in args.words:
+        key, sep, value = word.partition("=")
+        if key != "configfile" or not sep or not value.startswith("/"):
+            raise UsageError(f"expected configfile=/PATH/POSTGRESconfig.xml, got {shown(word)}")
+        configfiles.append(value)
+    found = discover(config, configfiles)
+    by_name = {f.name: f for f in found}
+    if args.add:
+        chosen = []
+        for name in dict.fromkeys(args.add):
+            if name not in by_name:
+                raise UsageError(f"nothing found as {shown(name)} (found: {', '.join(by_name) or 'none'})")
+            if by_name[name].watched_as:
+                raise UsageError(
+                    f"{name} ({by_name[name].data_directory}) is already watched as instance {by_name[name].watched_as}"
+                )
+            if by_name[name].owner is None:
+                raise UsageError(f"{name}: the owner of {by_name[name].data_directory} is not an OS user here")
+            chosen.append(by_name[name])
+        for item in chosen:
+            _add_instance(config, item.name, item.attributes(), argv)
+        return 0
+    if args.json:
+        print(json.dumps([f.document() for f in found], indent=2))
+        return 0
+    if not found:
+        print("no PostgreSQL found on this host (postgresql-common clusters, systemd units, running postmasters)")
+        return 0
+    rows = [
+        [str(getattr(f, column) if getattr(f, column) is not None else "-") for column in DISCOVER_COLUMNS]
+        for f in found
+    ]
+    widths = [max(len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(DISCOVER_COLUMNS)]
+    for row in [[c.upper() for c in DISCOVER_COLUMNS], *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print("\nadd one with `pgmedic discover --add NAME`; `pgmedic discover --json` gives how each manager was found")
     return 0
 
 
@@ -207,6 +264,11 @@ def describe(config: Config, name: str, live: bool = True) -> dict[str, Any]:
     instance = Instance(cfg)
     out: dict[str, Any] = {"name": name, **cfg.attributes(), "data_directory": cfg.data_directory}
     out["source"] = cfg.source
+    try:
+        manager = instance.manager()
+        out["manager"], out["managed_by"] = str(manager.kind), manager.found
+    except ManagerProblem as exc:
+        out["manager"], out["managed_by"] = "unknown", str(exc)
     if live:
         probe = instance.probe()
         out["state"] = str(probe.state)
@@ -259,6 +321,8 @@ def cmd_check_config(config: Config, args: argparse.Namespace, argv: Sequence[st
         print(f"{config.path}: valid, but no instances are configured (add one with `pgmedic add instance …`)")
     else:
         print(f"{config.path}: valid, {len(names)} instance(s): {', '.join(names)}")
+    for name in names:
+        print(f"  {name}: manager {Instance(config.instance(name)).manager().describe()}")
     return 0
 
 
@@ -358,6 +422,7 @@ COMMANDS = {
     "suspend": cmd_suspend_resume,
     "resume": cmd_suspend_resume,
     "query": cmd_query,
+    "discover": cmd_discover,
     "check-config": cmd_check_config,
     "start": cmd_action,
     "stop": cmd_action,
@@ -369,6 +434,11 @@ COMMANDS = {
     "demo": cmd_demo,
 }
 AUDITED = ("add", "modify", "delete", "suspend", "resume")
+
+
+def _audited(args: argparse.Namespace) -> bool:
+    """Whether the command changes the configuration or the journal (then the audit log has it)."""
+    return args.command in AUDITED or (args.command == "discover" and bool(args.add))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -385,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_class(args.cls)
         config = load_config(args.config, required=args.command == "check-config" and bool(args.config))
         code = COMMANDS[args.command](config, args, full_argv)
-        if args.command in AUDITED:
+        if _audited(args):
             audit(config.audit_log_path, full_argv, "ok", config.remediator.state_group)
             code = code or sync_services(config, args, full_argv)
         return code
@@ -406,7 +476,7 @@ def sync_services(config: Config, args: argparse.Namespace, argv: Sequence[str])
     they still run the previous configuration (suspend and resume act through the journal at once)."""
     running = running_services(config)
     if not args.s:
-        if running and args.command in ("add", "modify", "delete"):
+        if running and args.command in ("add", "modify", "delete", "discover"):
             names = " and ".join(f"the {s.kind} (pid {s.pid})" for s in running)
             print(f"note: {names} still run the previous configuration: repeat with -s, or reload them (SIGHUP)")
         return 0
@@ -432,7 +502,7 @@ def refuse_control_characters(argv: Sequence[str]) -> None:
 
 def _audit_failure(args: argparse.Namespace, argv: list[str], why: str) -> None:
     """Refused changes are audited too, when the config can say where the log is."""
-    if args.command not in AUDITED:
+    if not _audited(args):
         return
     with contextlib.suppress(PgmedicError):
         config = load_config(args.config)

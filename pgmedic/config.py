@@ -15,6 +15,7 @@ import grp
 import os
 import pwd
 import re
+import shlex
 import socket
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
@@ -37,6 +38,8 @@ MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is a mistake or an 
 MAX_YAML_DEPTH = 32  # nesting levels; pgmedic's own files need four
 SCRIPTS_RUN_AS = ("owner", "invoker")
 ACTIONS = ("restart", "start", "none")  # what an alert may trigger; never an automatic stop
+# Who starts and stops an instance: found on the host (auto), or one of these (pgmedic.managers).
+MANAGER_SETTINGS = ("auto", "systemd", "pg_ctlcluster", "pg_ctl")
 
 
 # ---- value checkers: each returns the converted value or raises ValueError with what is wrong ----
@@ -70,6 +73,31 @@ def _script(value: Any) -> str:
     if not os.access(path, os.X_OK):
         raise ValueError(f"script {path} is not executable (chmod +x)")
     return path
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    """A command run without a shell: a YAML list, or (from the command line) words split as a shell
+    would split them, never run by one. Its program must exist and be executable."""
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split {shown(value)} into words: {exc}") from None
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a command as a list of words, e.g. [/usr/local/sbin/pg-start, main]")
+    for word in value:
+        refuse_control_characters(word)
+    _script(value[0])
+    return tuple(value)
+
+
+def _unit(value: Any) -> str:
+    text = _str(value)
+    if not re.fullmatch(r"[A-Za-z0-9:_.@\\-]+\.service", text):
+        raise ValueError(f"expected a systemd service unit name such as postgresql@15-main.service, got {shown(text)}")
+    return text
 
 
 def _dir(value: Any) -> str:
@@ -229,6 +257,12 @@ class InstanceConfig:
     start_script: str | None = setting(_script, None)
     stop_script: str | None = setting(_script, None)
     monitor_script: str | None = setting(_script, None)
+    # repmgr-style commands (argv, no shell) that replace the built-in start and stop, under the scripts' trust rule.
+    start_command: tuple[str, ...] | None = setting(_command, None)
+    stop_command: tuple[str, ...] | None = setting(_command, None)
+    # Who starts and stops it: auto (found on the host: pgmedic.managers) or one of MANAGER_SETTINGS.
+    manager: str = setting(_one_of(*MANAGER_SETTINGS), "auto")
+    unit: str | None = setting(_unit, None)  # the systemd unit, when it cannot be found (with manager: systemd)
     bin_dir: str | None = setting(_dir, None)
     port: int | None = setting(_int_in(1, 65535), None)
     host: str | None = setting(_str, None)
@@ -267,6 +301,9 @@ class InstanceConfig:
         """The configured scripts by attribute name."""
         named = {"start_script": self.start_script, "stop_script": self.stop_script}
         named["monitor_script"] = self.monitor_script
+        for key, command in (("start_command", self.start_command), ("stop_command", self.stop_command)):
+            if command:
+                named[key] = command[0]
         return {key: path for key, path in named.items() if path}
 
     def port_for(self, pid_file: PidFile | None) -> int:
@@ -286,7 +323,7 @@ class InstanceConfig:
                 continue
             value = getattr(self, f.name)
             if value is not None and (f.name in ("type", "instancename", "database") or value != f.default):
-                out[f.name] = value
+                out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
 

@@ -10,6 +10,7 @@ which abandons (never blocks on) an attempt stuck on a frozen postmaster; libpq'
 from __future__ import annotations
 
 import math
+import re
 import select
 import threading
 import time
@@ -153,6 +154,20 @@ def rejecting_reason(exc: BaseException) -> Reason | None:
     if found is None and getattr(exc, "sqlstate", None) == "57P03":  # cannot_connect_now
         return Reason.RECOVERING
     return found
+
+
+# The server answered, ran authentication and said no: it accepts connections, pgmedic's role may not log
+# in (pg_isready's "accepting" too). Debian's clusters allow their owner in only by peer authentication, so
+# pgmedic as root sees this while the server is perfectly healthy.
+_LOGIN_REFUSED = re.compile(
+    r"authentication failed|no pg_hba\.conf entry|pg_hba\.conf rejects|role \"[^\"]*\" does not exist"
+    r"|database \"[^\"]*\" does not exist|is not permitted to log in|no password supplied"
+)
+
+
+def login_refused(exc: BaseException) -> bool:
+    """Whether EXC is the server refusing pgmedic's login (authentication, role, database), not connections."""
+    return getattr(exc, "sqlstate", None) in ("28000", "28P01", "3D000") or bool(_LOGIN_REFUSED.search(str(exc)))
 
 
 def refusal_text(reason: Reason) -> str:

@@ -35,6 +35,9 @@ class Failure(enum.StrEnum):
     CONFIG_ERROR = "config_error"
     DISK_FULL = "disk_full"  # the server cannot write its WAL or files: it will not start until space is freed
     TIMEOUT = "timeout"
+    # Not the server's failure: an administrator stopped it cleanly while the start or its wait was under
+    # way (a shutdown request in its log since the start). The decision is theirs: never retried.
+    STOPPED_BY_ADMINISTRATOR = "stopped_by_administrator"
     OTHER = "other"
 
 
@@ -48,6 +51,9 @@ NOT_RETRIED = frozenset(
 _CLASSES: tuple[tuple[Failure, re.Pattern[str]], ...] = tuple(
     (failure, re.compile(pattern, re.IGNORECASE))
     for failure, pattern in (
+        # Before PERMISSION_DENIED: an unreadable configuration file is the configuration's problem.
+        (Failure.CONFIG_ERROR, r"could not access the server configuration file|does not know where to find the server"
+         r" configuration file|could not open configuration file|Cluster is disabled"),
         (Failure.DATA_DIRECTORY_MISSING, r'data directory "[^"]*" does not exist|directory "[^"]*" does not exist'
          r"|is not a database cluster directory|could not find the database system|no PG_VERSION"),
         (Failure.PERMISSION_DENIED, r"has invalid permissions|has wrong ownership|permission denied"),
@@ -64,7 +70,28 @@ _CLASSES: tuple[tuple[Failure, re.Pattern[str]], ...] = tuple(
 )  # fmt: skip
 
 _SEVERITY = re.compile(r"\b(FATAL|PANIC|LOG|ERROR):\s+(.*)$")
-_CAUSES = re.compile(r"could not bind|syntax error in file|invalid value for parameter|unrecognized configuration")
+_CAUSES = re.compile(
+    r"could not bind|syntax error in file|invalid value for parameter|unrecognized configuration"
+    r"|could not open configuration file"
+)
+# What the server writes to stderr before its logging is set up (the -l file, or a command's output):
+# "postgres: could not access the server configuration file …", without a severity.
+_EARLY = re.compile(
+    r"^(?:postgres|postmaster): (.+)$|^(postgres does not know where to find .+)$"
+    r"|^Error: (?!.*exited with status)(.+)$"  # pg_ctlcluster's own refusals ("Error: Cluster is disabled")
+)
+# Lines a client connection writes while the server starts: never the reason a start failed. Known by the
+# message (PostgreSQL's own texts for a refused connection) or by a user@database in the line's prefix.
+_CLIENT_MESSAGE = re.compile(
+    r"the database system is (?:starting up|shutting down|in recovery mode|not yet accepting connections"
+    r"|not accepting connections)|^role \"[^\"]*\" does not exist|^database \"[^\"]*\" does not exist"
+    r"|authentication failed for user|no pg_hba\.conf entry|pg_hba\.conf rejects connection|too many clients"
+    r"|remaining connection slots are reserved|is not permitted to log in|too many connections for"
+    r"|canceling authentication due to timeout|terminating connection due to administrator command"
+    r"|^connection to client lost|^could not receive data from client"
+)
+_CLIENT_PREFIX = re.compile(r"(?:^|\s)\S*[^\s@\[]@\S+\s*$")  # %u@%d of Debian's log_line_prefix, before the severity
+_SHUTDOWN_REQUEST = re.compile(r"received (smart|fast|immediate) shutdown request")
 READ_LIMIT = 65_536  # bytes of new log read per file
 REASONS_KEPT = 3
 REASON_CHARS = 300
@@ -74,6 +101,41 @@ def one_line(text: str) -> str:
     """TEXT with control characters blanked, cut to REASON_CHARS: a log line may hold anything."""
     text = CONTROL_RE.sub(" ", text)
     return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
+
+
+def server_reasons(lines: list[str]) -> list[str]:
+    """The lines of LINES that say why a start failed (see ``LogMark.reasons``), the last few, unique."""
+    found: list[str] = []
+    for line in lines:
+        early = _EARLY.match(line.strip())
+        if early:
+            found.append(one_line(next(group for group in early.groups() if group)))
+            continue
+        match = _SEVERITY.search(line)
+        if not match:
+            continue
+        severity, message = match.group(1), match.group(2).strip()
+        if _from_client(line, match):
+            continue
+        if severity in ("FATAL", "PANIC") or _CAUSES.search(message):
+            found.append(one_line(f"{severity}: {message}"))
+    # The last ones matter (an earlier failed attempt may share the file); duplicates say nothing new.
+    return list(dict.fromkeys(found))[-REASONS_KEPT:]
+
+
+def _from_client(line: str, match: re.Match[str]) -> bool:
+    """Whether LINE (whose severity MATCH found) was written by a client connection, not the server."""
+    return bool(_CLIENT_MESSAGE.search(match.group(2).strip()) or _CLIENT_PREFIX.search(line[: match.start()]))
+
+
+def without_client_lines(text: str) -> str:
+    """TEXT (a command's output) less the lines client connections wrote (see ``server_reasons``)."""
+    kept = []
+    for line in text.splitlines():
+        match = _SEVERITY.search(line)
+        if match is None or not _from_client(line, match):
+            kept.append(line)
+    return "\n".join(kept)
 
 
 def classify(texts: list[str]) -> Failure:
@@ -115,16 +177,25 @@ class LogMark:
                 out.append(path)
         return list(dict.fromkeys(out))
 
-    def reasons(self) -> list[str]:
-        """The FATAL/PANIC lines (and their causes) written since the mark, one line each, bounded."""
-        found: list[str] = []
-        for path in self.files():
-            for line in self._read(path, self.ends.get(path, 0), READ_LIMIT).splitlines():
-                match = _SEVERITY.search(line)
-                if match and (match.group(1) in ("FATAL", "PANIC") or _CAUSES.search(match.group(2))):
-                    found.append(one_line(f"{match.group(1)}: {match.group(2).strip()}"))
-        # The last ones matter (an earlier failed attempt may share the file); duplicates say nothing new.
-        return list(dict.fromkeys(found))[-REASONS_KEPT:]
+    def new_lines(self) -> list[str]:
+        """Every line written to the log files since the mark (bounded per file)."""
+        return [
+            line for path in self.files() for line in self._read(path, self.ends.get(path, 0), READ_LIMIT).splitlines()
+        ]
+
+    def reasons(self, output: str = "") -> list[str]:
+        """Why the server would not start, one line each, bounded: the FATAL/PANIC lines (and their causes)
+        and what it printed before its logging started, written since the mark or in OUTPUT (the start
+        command's own output); never a client connection's lines."""
+        return server_reasons([*self.new_lines(), *output.splitlines()])
+
+    def shutdown_requested(self) -> str | None:
+        """The server's "received … shutdown request" line since the mark: someone stopped it."""
+        for line in reversed(self.new_lines()):
+            match = _SHUTDOWN_REQUEST.search(line)
+            if match:
+                return f"received {match.group(1)} shutdown request"
+        return None
 
     def _read(self, path: str, start: int, limit: int) -> str:
         """Up to LIMIT bytes of PATH from START (or its last LIMIT bytes if it shrank or grew more):

@@ -28,8 +28,10 @@ from psycopg.errors import ConnectionTimeout
 
 from . import procfs, signals
 from .config import InstanceConfig
-from .connection import call_with_deadline, connect, first_line, refusal_text, rejecting_reason
+from .connection import call_with_deadline, connect, first_line, login_refused, refusal_text, rejecting_reason
 from .failures import Failure
+from .managers import Manager, find_manager
+from .pgcontrol import ControlState, read_control_state
 from .pidfile import PidFile, read_pid_file
 from .runner import is_spawned
 from .states import EXIT_CODES, Reason, State
@@ -153,6 +155,8 @@ class Instance:
         # cannot change its executable or (a postmaster) its working directory, so the exporter
         # re-reads /proc links only when the postmaster changes.
         self._verified: tuple[tuple[int, int, str | None], str] | None = None
+        # The last finding of the manager: (postmaster (pid, start ticks) or None, monotonic time, manager).
+        self._manager: tuple[tuple[int, int] | None, float, Manager] | None = None
 
     # ---- files ----------------------------------------------------------------------------------
     def data_directory_problem(self) -> DataDirectoryProblem | None:
@@ -195,6 +199,38 @@ class Instance:
         if found:
             return os.path.dirname(found)
         raise FileNotFoundError("pg_ctl not found: set bin_dir for this instance")
+
+    def clean_stop(self, after: float = 0.0) -> ControlState | None:
+        """The server's own record of a clean shutdown (smart or fast) since this host booted and after
+        AFTER (epoch seconds), while no postmaster.pid is left: an administrator's decision, not a failure.
+
+        A shutdown before the boot is the host's (the VM was shut down or moved), and the server is to be
+        started again; a crash, kill -9 or an immediate shutdown never reads as clean (pgmedic.pgcontrol).
+        """
+        if self.pid_file() is not None:
+            return None
+        state = read_control_state(self.data_directory)
+        if state is None or not state.shut_down_cleanly or state.time <= max(procfs.boot_time(), after):
+            return None
+        return state
+
+    # ---- manager --------------------------------------------------------------------------------
+    def manager(self, max_age: float = 0.0, postmaster: Postmaster | None = None, verified: bool = False) -> Manager:
+        """Who manages this instance (pgmedic.managers): found now, or remembered for MAX_AGE seconds while
+        the postmaster is the same one. POSTMASTER is the verified postmaster when VERIFIED says the caller
+        already applied the identity rule. Raises ManagerProblem when the configured manager is not here."""
+        if not verified:
+            postmaster = self.postmaster()
+        key = (postmaster.pid, postmaster.stat.start_ticks) if postmaster is not None else None
+        now = time.monotonic()
+        cached = self._manager
+        if cached is not None and cached[0] == key and now - cached[1] < max_age:
+            return cached[2]
+        found = find_manager(
+            self.config, postmaster.pid if postmaster is not None else None, remembered=cached[2] if cached else None
+        )
+        self._manager = (key, now, found)
+        return found
 
     # ---- processes ------------------------------------------------------------------------------
     def postmaster(self, pid_file: PidFile | None = None) -> Postmaster | None:
@@ -318,6 +354,12 @@ class Instance:
                 return done(State.REJECTING, refusal, f"postmaster {postmaster.pid} is up but {refusal_text(refusal)}")
             if self.postmaster() is None:  # it died while we were asking
                 return done(State.NOT_RUNNING, Reason.EXITED, "the postmaster exited during the probe")
+            if login_refused(exc):
+                return done(
+                    State.ACCEPTING, Reason.LOGIN_REFUSED,
+                    f"postmaster {postmaster.pid} accepts connections but refused pgmedic's login as "
+                    f"{self.config.role}: {first_line(exc)} (allow it in pg_hba.conf, or run pgmedic as {self.config.instancename})",
+                )  # fmt: skip
             detail = f"postmaster {postmaster.pid} is up but SQL failed: {first_line(exc)}"
             return done(State.REJECTING, Reason.SQL_ERROR, detail)
         # pgmedic's own connection may use the superuser reserve: ordinary clients can be refused while

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS episodes (
     instance TEXT,
     alertname TEXT,
     action TEXT NOT NULL,
-    status TEXT NOT NULL,             -- pending, running, done, skipped, failed
+    status TEXT NOT NULL,             -- pending, running, done, skipped, failed, stopped_by_administrator
     starts_at REAL,
     received_at REAL NOT NULL,
     updated_at REAL NOT NULL,
@@ -256,11 +256,12 @@ class Journal:
 
     @staticmethod
     def _requeue_ended(db: sqlite3.Connection, key: str, now: float) -> bool:
-        """Within DB's transaction: make an ended (done or skipped) episode pending again; True if it was."""
+        """Within DB's transaction: make an ended (done, skipped or stopped by an administrator) episode
+        pending again; True if it was."""
         return bool(
             db.execute(
                 "UPDATE episodes SET status = 'pending', reopened_at = ?, updated_at = ? "
-                "WHERE key = ? AND status IN ('done', 'skipped')",
+                "WHERE key = ? AND status IN ('done', 'skipped', 'stopped_by_administrator')",
                 (now, now, key),
             ).rowcount
         )

@@ -41,6 +41,7 @@ class Reason(enum.StrEnum):
     """Why the probe says what it says."""
 
     ACCEPTING = "accepting"
+    LOGIN_REFUSED = "login_refused"  # accepting: the server answered and refused pgmedic's role (pg_hba, peer)
     NO_DATA_DIRECTORY = "no_data_directory"
     NO_PID_FILE = "no_pid_file"
     STALE_PID_FILE = "stale_pid_file"  # names no postmaster of this data directory

@@ -145,6 +145,7 @@ def create_app(config: Config, *, start_background: bool = True) -> Flask:
             out[name] = {
                 "state": state,
                 "mode": modes.get(name),
+                **engine.manager_of(name),
                 "budget_remaining": remaining,
                 "max_restart": rem.config.instance(name).max_restart,
                 "suspended": st.suspended,

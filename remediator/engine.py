@@ -26,11 +26,12 @@ from typing import Any
 from pgmedic import actions
 from pgmedic.actions import ActionResult
 from pgmedic.config import Config, InstanceConfig, Mode
-from pgmedic.failures import NOT_RETRIED, Failure
+from pgmedic.failures import NOT_RETRIED, Failure, LogMark
 from pgmedic.fleet import HOST_LABEL
 from pgmedic.instance import Instance, Probe, Verdict
 from pgmedic.journal import FAST_PATH, EpisodeOpened, Journal
 from pgmedic.locks import held_elsewhere, instance_lock
+from pgmedic.managers import Manager, ManagerKind, ManagerProblem, StartPolicy
 from pgmedic.runner import group_alive, on_spawn
 from pgmedic.states import Reason, State, Would
 from pgmedic.text import shown
@@ -44,6 +45,8 @@ POLL = 0.1  # seconds between probes while waiting for an instance to accept con
 IDLE_WAKE = 5.0  # a worker looks for unfinished work at least this often
 FAST_PATH_ALERT_LAG = 120.0  # how long after a crash its alert may start (scrape + evaluation intervals)
 LABEL_KEPT = 256  # characters of an alert's label values kept in the journal and the answer
+MANAGER_AGE = 10.0  # seconds a manager finding is kept for the same postmaster (status API, idle looks)
+SYSTEMD_GRACE = 5.0  # beyond a unit's RestartSec: how long systemd gets to restart its server itself
 
 
 def bounded(text: str) -> str:
@@ -80,6 +83,9 @@ class Ended(enum.StrEnum):
     DONE = "done"  # acted and recovered
     SKIPPED = "skipped"  # nothing to do, or not allowed to act
     FAILED = "failed"  # the restart budget is spent
+    # Shut down cleanly by someone (pg_ctl, systemctl, pg_ctlcluster, pgmedic stop), also during the
+    # remediator's own start or wait: their decision, never undone.
+    STOPPED_BY_ADMINISTRATOR = "stopped_by_administrator"
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,13 @@ class Engine:
         self._wake = {name: threading.Event() for name in config.instances}
         self._acting: set[str] = set()
         self._watch: dict[str, Watch] = {}  # instance -> its watch after the last recovery
+        # instance -> when the remediator's own stop (of a restart) last stopped its server: a clean
+        # shutdown up to then was ours, not an administrator's.
+        self._own_stop: dict[str, float] = {}
+        # instance -> where the server's logs ended before this episode run's last start: a shutdown
+        # request written since is someone's stop (an immediate one leaves no clean pg_control).
+        self._last_start: dict[str, LogMark] = {}
+        self._instances: dict[str, Instance] = {}  # instance models by name (see _instance)
         self.fast_path = FastPath(self)
         self._workers: dict[str, threading.Thread] = {}
         self._workers_lock = threading.Lock()
@@ -302,6 +315,7 @@ class Engine:
         while not self._stop.is_set():
             if not self._serving(name):
                 return
+            self._look_at_manager(name)
             self._idle(name)
             self._wake[name].clear()
             if self._stop.is_set() or not self._serving(name):
@@ -316,6 +330,14 @@ class Engine:
                 log.exception("worker for %s failed; retrying", name)
                 self._stop.wait(1.0)
 
+    def _look_at_manager(self, name: str) -> None:
+        """Find who manages NAME's running server now and then (cheap while it is the same postmaster), so
+        that after a crash the remediator still knows the unit it ran in."""
+        try:
+            self._instance(name).manager(max_age=MANAGER_AGE)
+        except (ManagerProblem, OSError) as exc:  # a configured manager missing: the episode says so when it acts
+            log.debug("manager of %s: %s", name, exc)
+
     def _idle(self, name: str) -> None:
         """Wait for work; right after a recovery, also watch the postmaster until the alert can see again.
 
@@ -328,7 +350,7 @@ class Engine:
         if watched is None:
             self._wake[name].wait(IDLE_WAKE)
             return
-        instance = self.instance_for(self.config.instance(name))
+        instance = self._instance(name)
         while not self._wake[name].wait(POLL):
             if self._watch.get(name) is not watched:  # the alert resolved
                 return
@@ -376,10 +398,12 @@ class Engine:
         once, within the same episode and budget.
         """
         name, key = cfg.name, episode["key"]
-        instance = self.instance_for(cfg)
+        instance = self._instance(name)
         attempts = self.journal.restarts_in_episode(name, key, since=episode.get("reopened_at") or 0.0)
         reopened = bool(episode.get("reopened_at")) and not attempts
         last_failure = Failure.NONE  # of this run's last attempt, for the escalation
+        self._last_start.pop(name, None)
+        waited_for_manager = False  # a unit that restarts its server itself has had its chance
         while not self._stop.is_set():
             self.journal.expire_failed(name, cfg.restart_window)
             state = self.journal.state(name)
@@ -410,6 +434,26 @@ class Engine:
                 if observing:
                     return self._observed(cfg, key, Would.ESCALATE, probe, failure=str(probe.failure))
                 return self._fail_now(cfg, key, probe.failure, probe.detail)
+            if probe.state is State.NOT_RUNNING:
+                stopped = self._stopped_cleanly(instance)
+                if stopped is not None:
+                    return self._stopped_by_administrator(cfg, episode, stopped)
+            try:
+                manager = instance.manager()
+            except ManagerProblem as exc:
+                return self._fail_now(cfg, key, Failure.CONFIG_ERROR, str(exc))
+            refusal = self._not_ours_to_start(manager)
+            if refusal is not None:
+                self.journal.event(
+                    name, "skipped", episode=key, reason=refusal, manager=str(manager.kind), probe=probe.detail
+                )
+                return Outcome(Ended.SKIPPED, refusal)
+            if probe.state is State.NOT_RUNNING and not waited_for_manager and _restarts_itself(manager):
+                waited_for_manager = True
+                outcome = self._give_systemd_its_chance(instance, episode, manager, attempts)
+                if outcome is not None:
+                    return outcome
+                continue
             if reopened:
                 self.journal.event(name, "episode_reopened", episode=key, reason=str(probe.state), probe=probe.detail)
                 reopened = False
@@ -430,7 +474,7 @@ class Engine:
                     return None
                 continue  # probe again: it may have recovered, or been suspended, meanwhile
             attempts += 1
-            acted, last_failure = self._act(cfg, instance, episode, probe.state, attempts)
+            acted, last_failure = self._act(cfg, instance, episode, probe.state, attempts, manager)
             if acted is Wait.STOPPING:
                 return None
             if isinstance(acted, Outcome):
@@ -438,20 +482,26 @@ class Engine:
         return None
 
     def _act(
-        self, cfg: InstanceConfig, instance: Instance, episode: dict[str, Any], state: State, attempt: int
-    ) -> tuple[Wait | Outcome | None, Failure]:
-        """One start or restart, then the wait for it to accept connections. A failure no retry can cure
-        (NOT_RETRIED) ends the episode FAILED at once (the Outcome)."""
+        self, cfg: InstanceConfig, instance: Instance, episode: dict[str, Any], state: State, attempt: int,
+        manager: Manager,
+    ) -> tuple[Wait | Outcome | None, Failure]:  # fmt: skip
+        """One start or restart (through the instance's MANAGER), then the wait for it to accept
+        connections. A failure no retry can cure (NOT_RETRIED) ends the episode FAILED at once, and a clean
+        stop by an administrator during it ends it stopped_by_administrator (the Outcome)."""
         name, key = cfg.name, episode["key"]
         action = "restart" if state is State.NOT_RESPONDING else "start"
         self.journal.event(
             name, "restart_started", self.notifiers, episode=key, action=action, attempt=attempt,
-            reason=str(state), critical=cfg.critical,
+            reason=str(state), critical=cfg.critical, manager=str(manager.kind), managed_by=manager.found,
         )  # fmt: skip
         before = instance.pid_file()
         with on_spawn(lambda pgid: self.journal.record_action_pgid(key, pgid)):
             result = self.run_action(instance, action, f"episode {key}: {state}")
         self.journal.record_action_pgid(key, None)
+        if result.stopped_at is not None:
+            self._own_stop[name] = result.stopped_at
+        if result.log_mark is not None:
+            self._last_start[name] = result.log_mark
         self.fast_path.poke()  # watch the postmaster this action started
         self.metrics.action_duration.labels(action).observe(result.duration)
         self.metrics.actions.labels(name, action, "ok" if result.ok else "failed", result.failure).inc()
@@ -462,6 +512,8 @@ class Engine:
             steps=result.steps, duration=round(result.duration, 3), **failure,
         )  # fmt: skip
         if not result.ok:
+            if result.failure is Failure.STOPPED_BY_ADMINISTRATOR:
+                return self._stopped_by_administrator(cfg, episode, result.message), result.failure
             if result.failure in NOT_RETRIED:
                 return self._fail_now(cfg, key, result.failure, result.message), result.failure
             return None, result.failure
@@ -544,6 +596,66 @@ class Engine:
             seconds_since_receipt=round(since_receipt, 3),
         )  # fmt: skip
 
+    def _stopped_cleanly(self, instance: Instance) -> str | None:
+        """Why the instance, not running, was stopped by someone (one line), or None: its server shut down
+        cleanly after the remediator's own last stop (pg_control), or logged a shutdown request since the
+        remediator's last start in this episode."""
+        name = instance.name
+        mark = self._last_start.get(name)
+        requested = mark.shutdown_requested() if mark is not None else None
+        if requested is not None:
+            return f"the server {requested} during the remediator's start or wait"
+        clean = instance.clean_stop(after=self._own_stop.get(name, 0.0))
+        if clean is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(clean.time))
+            return f"the server was shut down cleanly at {when} (pg_control) and left no postmaster.pid"
+        return None
+
+    def _stopped_by_administrator(self, cfg: InstanceConfig, episode: dict[str, Any], how: str) -> Outcome:
+        """A clean stop is an administrator's decision: no start, no retry. KSYS hears it for a critical
+        instance, once per episode (not again at each recheck of the still firing alert)."""
+        first = not episode.get("reopened_at")
+        notify = self.notifiers if cfg.critical and first else ()
+        self.journal.event(
+            cfg.name, "stopped_by_administrator", notify, episode=episode["key"], reason=how, critical=cfg.critical
+        )
+        return Outcome(Ended.STOPPED_BY_ADMINISTRATOR, "stopped by an administrator: not started again")
+
+    @staticmethod
+    def _not_ours_to_start(manager: Manager) -> str | None:
+        """Why the remediator must not start this instance on its own (one line), or None."""
+        if manager.observe_only:
+            return f"observe only: managed by {manager.describe()}"
+        cluster = manager.cluster
+        if cluster is not None and cluster.start is StartPolicy.DISABLED:
+            return f"start.conf of cluster {cluster.label} says disabled: never started"
+        if cluster is not None and cluster.start is StartPolicy.MANUAL:
+            return f"start.conf of cluster {cluster.label} says manual: only an explicit `pgmedic start` starts it"
+        return None
+
+    def _give_systemd_its_chance(
+        self, instance: Instance, episode: dict[str, Any], manager: Manager, attempts: int
+    ) -> Outcome | None:
+        """A unit with Restart= restarts its server by itself: wait RestartSec and a grace for it first, so
+        that pgmedic and systemd never race; act (through systemctl) only if it did not."""
+        assert manager.unit is not None
+        name, key = instance.name, episode["key"]
+        seconds = min(manager.unit.restart_sec + SYSTEMD_GRACE, instance.config.start_timeout)
+        self.journal.event(
+            name, "waiting", episode=key, manager=str(manager.kind),
+            reason=f"{manager.unit.name} has Restart={manager.unit.restart}: systemd gets {seconds:g}s to restart it",
+        )  # fmt: skip
+        waited = self._watch_wait(instance, seconds, premise=State.NOT_RUNNING)
+        if waited is Wait.STOPPING:
+            return None
+        if waited is Wait.ACCEPTING:
+            if attempts:
+                self._recovered(instance.config, episode)
+                return Outcome(Ended.DONE, "recovered")
+            self.journal.event(name, "skipped", episode=key, reason=f"restarted by systemd ({manager.unit.name})")
+            return Outcome(Ended.SKIPPED, "restarted by its manager")
+        return None
+
     def _observed(self, cfg: InstanceConfig, key: str, would: Would, probe: Probe, **detail: Any) -> Outcome:
         """Observe mode: what would have been done, journaled as a `would_*` event; nothing is done,
         no budget is spent and KSYS hears nothing (the instance's state stays as it is)."""
@@ -592,6 +704,23 @@ class Engine:
         config = self.config
         return {name: cfg.mode_in(config.remediator) for name, cfg in config.instances.items()}
 
+    def manager_of(self, name: str) -> dict[str, str]:
+        """{manager, managed_by} of instance NAME for the status API: who starts and stops it."""
+        try:
+            manager = self._instance(name).manager(max_age=MANAGER_AGE)
+        except ManagerProblem as exc:
+            return {"manager": "unknown", "managed_by": str(exc)}
+        return {"manager": str(manager.kind), "managed_by": manager.found}
+
+    def _instance(self, name: str) -> Instance:
+        """NAME's instance model, kept while its configuration stays the same: it remembers who managed the
+        server when it last ran (a unit's cgroup), which a look after a crash can no longer see."""
+        cfg = self.config.instance(name)
+        instance = self._instances.get(name)
+        if instance is None or instance.config != cfg:
+            instance = self._instances[name] = self.instance_for(cfg)
+        return instance
+
     def snapshot(self) -> dict[str, tuple[str, int]]:
         """{instance: (state, budget remaining)} for metrics and the status API. Only reads: a FAILED
         state whose window has passed reads as re-armed here, and the worker records the re-arming."""
@@ -604,3 +733,7 @@ class Engine:
             state = "failed" if failed else "suspended" if st.suspended else "acting" if name in self._acting else "ok"
             out[name] = (state, remaining)
         return out
+
+
+def _restarts_itself(manager: Manager) -> bool:
+    return manager.kind is ManagerKind.SYSTEMD and manager.unit is not None and manager.unit.restarts_itself

@@ -22,6 +22,7 @@ from pgmedic.actions import ActionResult
 from pgmedic.config import Config, InstanceConfig, RemediatorConfig
 from pgmedic.instance import Identity, Probe, Verdict
 from pgmedic.journal import Journal
+from pgmedic.managers import Evidence, Manager, ManagerKind
 from pgmedic.states import Reason, State
 from tests.harness import alert_payload
 
@@ -52,6 +53,12 @@ class Scripted:
 
     def pid_file(self) -> None:
         return None
+
+    def manager(self, max_age: float = 0.0) -> Manager:
+        return Manager(ManagerKind.PG_CTL, "scripted", Evidence.NOTHING_ELSE)
+
+    def clean_stop(self, after: float = 0.0) -> None:
+        return None  # every stop of a scripted instance is a crash
 
     def act(self, action: str) -> ActionResult:
         with self.lock:

@@ -72,7 +72,7 @@ def test_log_mark_reads_only_new_lines_and_never_through_a_symlink(tmp_path: Pat
 def test_a_taken_port_is_explained_by_the_cli_and_the_journal(rig: Rig) -> None:
     cluster = rig.cluster
     rig.configure(max_restart=2, restart_delay="0.2s")
-    cluster.pg_ctl("stop", "-m", "fast")
+    cluster.pg_ctl("stop", "-m", "immediate")  # not a clean stop: an alert for it is a failure to repair
     with socket.socket() as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", cluster.port))
@@ -142,7 +142,7 @@ def _owner_child(runuser_pid: int) -> int | None:
 def test_a_configuration_error_fails_once_without_retries(rig: Rig) -> None:
     cluster = rig.cluster
     rig.configure(max_restart=3, restart_delay="0.2s")
-    cluster.pg_ctl("stop", "-m", "fast")
+    cluster.pg_ctl("stop", "-m", "immediate")  # not a clean stop: an alert for it is a failure to repair
     with open(cluster.data / "postgresql.conf", "a") as f:
         f.write("max_connections = 'many'\n")
     rig.start()

@@ -342,6 +342,95 @@ def new_cluster(template: Path, name: str = "main", start: bool = True) -> Clust
     return cluster
 
 
+DEBIAN_VERSION = "15"  # the distribution's server: the version postgresql-common registers here
+PG_CREATECLUSTER = "/usr/bin/pg_createcluster"
+PG_DROPCLUSTER = "/usr/bin/pg_dropcluster"
+DEBIAN_HINT = "apt-get install -y postgresql-common postgresql (or run `make test`, which installs them)"
+
+
+@dataclass
+class DebianCluster(Cluster):
+    """A cluster as postgresql-common makes it on Debian and Ubuntu (pg_createcluster): data in
+    /var/lib/postgresql/VER/NAME, configuration in /etc/postgresql/VER/NAME, log in /var/log/postgresql,
+    sockets in /var/run/postgresql, peer authentication for the owner. Dropped with pg_dropcluster."""
+
+    version: str = DEBIAN_VERSION
+
+    @property
+    def config_dir(self) -> Path:
+        return Path("/etc/postgresql") / self.version / self.name
+
+    @property
+    def log_file(self) -> Path:
+        return Path("/var/log/postgresql") / f"postgresql-{self.version}-{self.name}.log"
+
+    def instance_attrs(self) -> dict[str, Any]:
+        """As a user writes it for such a cluster: the data directory and the usual attributes, nothing else."""
+        return {
+            "type": "POSTGRES", "instancename": owner(), "database": "postgres", "data_directory": str(self.data),
+            "start_timeout": "30s", "stop_timeout": "3s", "monitor_timeout": "2s", **self.extra,
+        }  # fmt: skip
+
+    def pg_ctlcluster(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            as_owner(["pg_ctlcluster", self.version, self.name, *args]), capture_output=True, text=True, timeout=timeout
+        )
+
+    def start(self) -> None:
+        result = self.pg_ctlcluster("start")
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_ctlcluster start failed: {result.stdout}{result.stderr}")
+
+    def configure(self, **settings: str | int) -> None:
+        with open(self.config_dir / "conf.d" / "pgmedic-test.conf", "a") as f:
+            f.writelines(f"{key} = '{value}'\n" for key, value in settings.items())
+
+    def server_log(self) -> str:
+        try:
+            return self.log_file.read_text()[-2000:]
+        except OSError:
+            return ""
+
+    def destroy(self) -> None:
+        """Kill what still runs in the data directory, then pg_dropcluster (data, configuration and log go)."""
+        Cluster.destroy(self)  # kills (after SIGCONT) every process in the data directory; removes ROOT
+        subprocess.run([PG_DROPCLUSTER, self.version, self.name], capture_output=True, timeout=60)
+        shutil.rmtree(self.data, ignore_errors=True)
+        shutil.rmtree(self.config_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.log_file.unlink()
+
+
+def new_debian_cluster(name: str, start: bool = True) -> DebianCluster:
+    """pg_createcluster VER NAME on a free port (NAME unique to the caller); always dropped by destroy()."""
+    if not os.path.exists(PG_CREATECLUSTER):
+        raise RuntimeError(f"no pg_createcluster: {DEBIAN_HINT}")
+    if os.geteuid() != 0:
+        raise RuntimeError("pg_createcluster registers clusters in /etc/postgresql: run the tests as root")
+    root = make_temp_dir(f"pgmedic-deb-{name}-")
+    port = free_port()
+    data = Path("/var/lib/postgresql") / DEBIAN_VERSION / name
+    cluster = DebianCluster(
+        name, root, data, port, Path("/var/run/postgresql"), root / "state", root / "pgmedic.yaml",
+        f"/usr/lib/postgresql/{DEBIAN_VERSION}/bin",
+    )  # fmt: skip
+    try:
+        made = subprocess.run(
+            [PG_CREATECLUSTER, DEBIAN_VERSION, name, "-p", str(port), "--", "--no-sync"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if made.returncode != 0:
+            raise RuntimeError(f"pg_createcluster failed: {made.stdout}{made.stderr}")
+        cluster.configure(fsync="off", shared_buffers="16MB", max_connections=40, listen_addresses="127.0.0.1")
+        cluster.write_config()
+        if start:
+            cluster.start()
+    except BaseException:
+        cluster.destroy()
+        raise
+    return cluster
+
+
 def new_standby(primary: Cluster, name: str = "standby", **settings: str | int) -> Cluster:
     """A streaming standby of PRIMARY, started with SETTINGS; destroyed like a cluster.
 
