@@ -55,6 +55,7 @@ bench: venv
 	$(PY) bench/scrape.py
 	$(PY) bench/mttr.py
 	$(PY) bench/fleet.py
+	$(PY) bench/managers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -16,7 +16,9 @@ refuses to start while either still exists.
 
 from __future__ import annotations
 
+import logging
 import os
+import pwd
 import signal
 import time
 from dataclasses import dataclass, field
@@ -25,11 +27,12 @@ from . import procfs, signals
 from .errors import ActionError
 from .failures import Failure, LogMark, classify, without_client_lines
 from .instance import Identity, Instance, Probe, Verdict
-from .managers import Manager, ManagerKind, ManagerProblem, StartPolicy
+from .managers import DEFAULT_SOCKET_DIRECTORY, DebianCluster, Manager, ManagerKind, ManagerProblem, StartPolicy
 from .runner import RunResult, base_env, run
 from .states import State
 from .trust import program_problem
 
+log = logging.getLogger(__name__)
 REAP_WAIT_SECONDS = 10.0  # how long to wait for a dead postmaster's zombie and orphans
 IMMEDIATE_STOP_MAX = 10.0
 MANAGER_EXIT_GRACE = 2.0  # after a manager's stop returned: how long its postmaster may take to be gone
@@ -66,7 +69,7 @@ def script_env(instance: Instance) -> dict[str, str]:
     """What a user script is told about its instance."""
     cfg = instance.config
     pid_file = instance.pid_file()
-    port = cfg.port_for(pid_file)
+    port = instance.port(pid_file)
     return {
         **base_env(),
         "PGDATA": instance.data_directory,
@@ -115,6 +118,8 @@ def _manager_command(instance: Instance, manager: Manager, verb: str, timeout: f
         return run([program, verb, manager.unit.name], timeout=timeout, env=base_env())
     assert manager.cluster is not None
     cluster = manager.cluster
+    if verb == "start":
+        ensure_run_directory(cluster)
     args = (
         [cluster.version, cluster.name, verb]
         if verb == "start"
@@ -123,6 +128,26 @@ def _manager_command(instance: Instance, manager: Manager, verb: str, timeout: f
     return run(
         [PG_CTLCLUSTER, *args], timeout=timeout, env=base_env(), user=cluster.owner or instance.config.instancename
     )
+
+
+def ensure_run_directory(cluster: DebianCluster) -> None:
+    """/var/run/postgresql as postgresql-common makes it (root's pg_ctlcluster recreates it; systemd's
+    tmpfiles do at boot, and a host without systemd has neither): 2775, owned by the cluster's owner. Only
+    that standard directory, only when missing, only as root."""
+    path = DEFAULT_SOCKET_DIRECTORY
+    if (
+        os.geteuid() != 0
+        or cluster.socket_directory.rstrip("/") not in (path, "/run/postgresql")
+        or os.path.isdir(path)
+    ):
+        return
+    try:
+        entry = pwd.getpwnam(cluster.owner or "postgres")
+        os.makedirs(path, mode=0o2775, exist_ok=True)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+        os.chmod(path, 0o2775)
+    except (KeyError, OSError) as exc:
+        log.warning("could not create %s for cluster %s: %s", path, cluster.label, exc)
 
 
 def _manager_of(instance: Instance, action: str) -> Manager | ActionResult:
@@ -356,6 +381,7 @@ def stop(instance: Instance, reason: str = "pgmedic stop") -> ActionResult:
         immediate = max(2.0, min(cfg.stop_timeout, IMMEDIATE_STOP_MAX))
         modes = [("fast", cfg.stop_timeout), ("immediate", immediate)]
         if manager.kind in (ManagerKind.SYSTEMD, ManagerKind.PG_CTLCLUSTER):
+            asked = time.monotonic()
             try:
                 ran = _manager_command(instance, manager, "stop", cfg.stop_timeout)
                 steps.append(f"{manager.kind} stop: {ran.describe()}")
@@ -364,12 +390,15 @@ def stop(instance: Instance, reason: str = "pgmedic stop") -> ActionResult:
             if own.wait_exit(MANAGER_EXIT_GRACE):
                 return stopped(f"{manager.kind} stop")
             steps.append(f"postmaster {postmaster.pid} still running after {manager.kind} stop: pgmedic escalates")
-            modes = modes[1:]
+            # What is left of stop_timeout for a fast shutdown of its own (the manager's may not have reached
+            # this server: one started outside the unit); none left means straight to immediate.
+            left = cfg.stop_timeout - (time.monotonic() - asked)
+            modes = [("fast", left), *modes[1:]] if left >= 1.0 else modes[1:]
         for mode, timeout in modes:
             steps.append(own.send(SHUTDOWN_SIGNALS[mode], f"{mode} shutdown: {reason}"))
             if own.wait_exit(timeout):
                 return stopped(mode)
-            steps.append(f"postmaster {postmaster.pid} still running {timeout:g}s after {mode} shutdown")
+            steps.append(f"postmaster {postmaster.pid} still running {timeout:.3g}s after {mode} shutdown")
         steps.append(_kill(instance, own, children, reason))
     finally:
         for handle in (own, *children):

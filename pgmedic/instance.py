@@ -214,6 +214,15 @@ class Instance:
             return None
         return state
 
+    def port(self, pid_file: PidFile | None) -> int:
+        """The server's port: the running postmaster's, else the configured one, else its postgresql-common
+        cluster's (as last found), else 5432."""
+        cached = self._manager
+        cluster = cached[2].cluster if cached is not None else None
+        if (pid_file is None or not pid_file.port) and not self.config.port and cluster is not None:
+            return cluster.port
+        return self.config.port_for(pid_file)
+
     # ---- manager --------------------------------------------------------------------------------
     def manager(self, max_age: float = 0.0, postmaster: Postmaster | None = None, verified: bool = False) -> Manager:
         """Who manages this instance (pgmedic.managers): found now, or remembered for MAX_AGE seconds while

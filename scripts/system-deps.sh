@@ -9,6 +9,8 @@ missing=()
 have_pg=false
 for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && have_pg=true; done
 $have_pg || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
+# postgresql-common's tools: the tests make and drop Debian clusters with them (tests/test_managers.py).
+command -v pg_createcluster >/dev/null 2>&1 && command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql-common)
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 for extra in "$@"; do

@@ -207,6 +207,7 @@ def test_running_instances_every_metric(make_cluster: Callable[..., Cluster], ex
         info = [lbl for (n, lbl) in samples if n == "pg_instance_info" and ("pg_instance", name) in lbl]
         assert dict(info[0])["version"].startswith(f"{pg_major}.") and dict(info[0])["data_directory"] == str(c.data)
         assert dict(info[0])["port"] == str(c.port)
+        assert dict(info[0])["manager"] == "pg_ctl", "a plain initdb cluster: nobody else starts it"
         for collector in ("postmaster", "processes", "connection", "settings", "activity", "workers", "info"):
             assert value(samples, "pgmedic_collector_success", pg_instance=name, collector=collector) == 1
     assert has(samples, "pgmedic_build_info")

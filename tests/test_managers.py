@@ -255,6 +255,25 @@ def test_start_conf_is_honoured(debian_rig: Rig, policy: str) -> None:
         assert pgmedic(None, "monitor", cluster.name, config=debian_rig.config).returncode == 0
 
 
+def test_a_hung_debian_cluster_is_stopped_by_pgmedics_own_escalation(debian_rig: Rig) -> None:
+    """pg_ctlcluster stop cannot stop a frozen server within stop_timeout: pgmedic escalates itself."""
+    cluster = debian_rig.cluster
+    assert isinstance(cluster, DebianCluster)
+    pid = cluster.postmaster_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stopped = pgmedic(None, "-l", "2", "stop", cluster.name, config=debian_rig.config)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert stopped.returncode == 0 and "stopped (" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert "pg_ctlcluster stop: timed out" in stopped.stderr and "pgmedic escalates" in stopped.stderr, stopped.stderr
+    assert f"to postmaster {pid}" in stopped.stderr, "its own signals, through the verified postmaster's pidfd"
+    wait_for(lambda: " down " in _lsclusters(cluster), 15, "pg_lsclusters to say down")
+    started = pgmedic(None, "start", cluster.name, config=debian_rig.config)
+    assert started.returncode == 0, started.stdout + started.stderr
+
+
 def test_a_debian_cluster_that_cannot_start_fails_once_as_config_error(debian_rig: Rig) -> None:
     cluster = debian_rig.cluster
     assert isinstance(cluster, DebianCluster)
@@ -374,15 +393,19 @@ def _stand_in(trusted_dir: Path, cluster: Cluster, cgroup: Path) -> tuple[Path, 
     return script, calls
 
 
-@pytest.mark.parametrize("restart", ["no", "on-failure"])
+@pytest.mark.parametrize("restart", ["no", "on-failure", "on-failure, and systemd restarts it"])
 def test_a_server_in_a_units_cgroup_is_restarted_through_systemctl(
     rig: Rig, trusted_dir: Path, monkeypatch: pytest.MonkeyPatch, restart: str
 ) -> None:
+    """Found from the cgroup while it runs, remembered once it died; with Restart=, systemd gets its chance
+    first (in the third case the test restarts it in the unit, as systemd would, and pgmedic does nothing)."""
+    by_systemd = restart.endswith("restarts it")
+    restart = restart.split(",")[0]
     cluster = rig.cluster
     unit = f"postgresql-pgmt{uuid.uuid4().hex[:8]}.service"
     unit_file = Path("/etc/systemd/system") / unit
     unit_file.parent.mkdir(parents=True, exist_ok=True)
-    unit_file.write_text(f"[Service]\nEnvironment=PGDATA={cluster.data}\nRestart={restart}\nRestartSec=1s\n")
+    unit_file.write_text(f"[Service]\nEnvironment=PGDATA={cluster.data}\nRestart={restart}\nRestartSec=3s\n")
     try:
         with in_unit_cgroup(unit, cluster.postmaster_pid()) as cgroup:
             query = json.loads(pgmedic(None, "query", "instance", "main", "--json", config=rig.config).stdout)
@@ -390,8 +413,18 @@ def test_a_server_in_a_units_cgroup_is_restarted_through_systemctl(
             script, calls = _stand_in(trusted_dir, cluster, cgroup)
             monkeypatch.setenv("PGMEDIC_SYSTEMCTL", str(script))
             rig.start()
-            os.kill(cluster.postmaster_pid(), signal.SIGKILL)
+            killed = cluster.postmaster_pid()
+            os.kill(killed, signal.SIGKILL)
             assert rig.post(alert_payload("PostgresPostmasterDown", "main"))[0] == 200
+            if by_systemd:
+                rig.wait_event("waiting")
+                gone = lambda: not cluster.processes() and procfs.read_stat(killed) is None  # noqa: E731
+                wait_for(gone, 15, "the killed server's processes and zombie to go")
+                assert subprocess.run([str(script), "start", unit], capture_output=True, timeout=60).returncode == 0
+                skipped = rig.wait_event("skipped", timeout=30)
+                assert skipped["reason"] == f"restarted by systemd ({unit})", skipped
+                assert "restart_started" not in rig.kinds()
+                return
             rig.wait_event("recovered", timeout=60)
             assert calls.read_text().split("\n")[0] == f"start {unit}"
             waits = [e for e in rig.events() if e["kind"] == "waiting" and "systemd gets" in e.get("reason", "")]
@@ -410,7 +443,7 @@ AGENT = """import os, pwd, signal, subprocess, sys
 entry = pwd.getpwnam(sys.argv[1])
 os.setgid(entry.pw_gid); os.setuid(entry.pw_uid)
 server = subprocess.Popen([sys.argv[2], "-D", sys.argv[3], "-p", sys.argv[4]], stderr=subprocess.DEVNULL)
-signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+signal.signal(signal.SIGTERM, lambda *_: server.send_signal(signal.SIGINT))  # a fast shutdown
 sys.exit(server.wait())
 """
 
@@ -443,7 +476,11 @@ def test_a_postmaster_run_by_an_ha_agent_is_observed_only(rig: Rig, trusted_dir:
             os.kill(pid, signal.SIGCONT)
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def test_an_ha_agents_configuration_naming_the_data_directory_means_no_start(rig: Rig) -> None:

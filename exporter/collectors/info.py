@@ -16,10 +16,10 @@ MANAGER_AGE = 60.0  # seconds a manager finding is kept while the postmaster is 
 def collect(ctx: ScrapeContext, out: MetricSet) -> None:
     facts = ctx.facts
     version = (facts.version if facts else None) or str(ctx.instance.major_version() or "unknown")
-    port = (facts.setting("port") if facts else None) or str(ctx.instance.config.port_for(ctx.pid_file))
     try:
         manager = str(ctx.instance.manager(MANAGER_AGE, ctx.postmaster, verified=ctx.unverifiable is None).kind)
     except ManagerProblem:
         manager = "unknown"
+    port = (facts.setting("port") if facts else None) or str(ctx.instance.port(ctx.pid_file))
     labels = ctx.with_labels(version=version, data_directory=ctx.instance.data_directory, port=port, manager=manager)
     out.add("pg_instance_info", labels, 1)

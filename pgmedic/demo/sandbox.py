@@ -31,6 +31,8 @@ from typing import Any
 import yaml
 
 from .. import procfs
+from ..actions import ensure_run_directory
+from ..managers import debian_cluster_of
 from . import pgversions
 
 PG_BIN_CANDIDATES = [f"/usr/lib/postgresql/{v}/bin" for v in (17, 16, 15, 14, 13)]
@@ -377,6 +379,9 @@ class DebianCluster(Cluster):
         )
 
     def start(self) -> None:
+        found = debian_cluster_of(str(self.data))
+        if found is not None:
+            ensure_run_directory(found)
         result = self.pg_ctlcluster("start")
         if result.returncode != 0:
             raise RuntimeError(f"pg_ctlcluster start failed: {result.stdout}{result.stderr}")
