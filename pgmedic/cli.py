@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, actions
-from .config import INSTANCE_KEYS, Config, build_instance, load_config
+from .config import INSTANCE_KEYS, Config, InstanceConfig, build_instance, load_config
 from .deployment import deployment_problems
 from .errors import ConfigError, PgmedicError
 from .instance import Instance
@@ -164,6 +164,16 @@ def _add_instance(config: Config, name: str, attrs: dict[str, Any], argv: Sequen
     inst = build_instance(name, attrs, "command line")
     write_instance_file(path, inst.attributes(), argv)
     print(f"added instance {name} ({inst.data_directory}) to {path}")
+    _note_manager(inst)
+
+
+def _note_manager(inst: InstanceConfig) -> None:
+    """Say who will start and stop the instance, or that its configured manager is not here (check-config
+    reports it too, and actions refuse until it is)."""
+    try:
+        print(f"manager: {Instance(inst).manager().describe()}")
+    except ManagerProblem as exc:
+        print(f"note: {exc}")
 
 
 DISCOVER_COLUMNS = ("name", "version", "port", "socket_directory", "owner", "manager", "watched_as", "data_directory")
@@ -228,6 +238,7 @@ def cmd_modify(config: Config, args: argparse.Namespace, argv: Sequence[str]) ->
     inst = build_instance(args.name, merged, "command line")
     write_instance_file(path, inst.attributes(), argv)
     print(f"modified instance {args.name} in {path}")
+    _note_manager(inst)
     return 0
 
 

@@ -9,7 +9,8 @@ every instance pgmedic finds, in this order:
   the postmaster is the agent, or the agent's configuration names this data directory. The agent owns
   the server: pgmedic observes only and never acts (as Patroni and pg_auto_failover require of every
   other manager);
-* ``start_command`` / ``stop_command`` or start/stop scripts: the administrator's own (``command``);
+* ``start_command`` / ``stop_command`` or start/stop scripts: the administrator's own (``command``), also
+  over a ``manager`` setting (they are what runs);
 * ``systemd``: the postmaster's cgroup is a PostgreSQL service unit, or, while it is down and systemd
   runs, an installed unit whose PGDATA or ``-D`` names this data directory, or Debian's
   ``postgresql@VER-NAME`` for this cluster;
@@ -401,6 +402,9 @@ def find_manager(
     data = cfg.data_directory
     cluster = debian_cluster_of(data, host)
     forced = cfg.manager
+    if forced != "auto" and _commands(cfg):  # what runs is the administrator's own
+        return Manager(ManagerKind.COMMAND, f"start/stop commands in the configuration (over manager: {forced})",
+                       Evidence.CONFIGURED, cluster=cluster)  # fmt: skip
     if forced == "pg_ctl":
         return Manager(ManagerKind.PG_CTL, "manager: pg_ctl in the configuration", Evidence.CONFIGURED)
     if forced == "pg_ctlcluster":
@@ -426,7 +430,7 @@ def find_manager(
     if configured is not None:
         kind, path = configured
         return Manager(kind, f"{path} names this data directory", Evidence.AGENT_CONFIGURATION)
-    if cfg.start_command or cfg.stop_command or cfg.start_script or cfg.stop_script:
+    if _commands(cfg):
         return Manager(
             ManagerKind.COMMAND, "start/stop commands in the configuration", Evidence.CONFIGURED, cluster=cluster
         )
@@ -454,3 +458,7 @@ def find_manager(
 
 
 _IN_CGROUP = frozenset({Evidence.CGROUP, Evidence.REMEMBERED_CGROUP})
+
+
+def _commands(cfg: InstanceConfig) -> bool:
+    return bool(cfg.start_command or cfg.stop_command or cfg.start_script or cfg.stop_script)

@@ -382,7 +382,10 @@ def test_a_crash_during_the_wait_after_a_start_is_repaired_at_once(rig: Rig, tru
         f"#!/bin/sh\nold=$(head -1 {pid_file})\n"
         f'{rig.cluster.bin_dir}/pg_ctl -D "$PGDATA" -l {log} -o "-p $PGPORT" -W start || exit 1\n'
         f"[ -e {mark} ] && exit 0\ntouch {mark}\n"
-        f'pid="$old"; while [ "$pid" = "$old" ] || [ -z "$pid" ]; do sleep 0.005; pid=$(head -1 {pid_file}); done\n'
+        # Frozen once its sockets are listening (the pid file's fifth line), still starting: frozen any earlier,
+        # it may leave its socket's lock file created but empty, which PostgreSQL then refuses to start over.
+        f'pid="$old"; while [ "$pid" = "$old" ] || [ -z "$pid" ] || [ -z "$(sed -n 5p {pid_file})" ]; do\n'
+        f"  sleep 0.005; pid=$(head -1 {pid_file}); done\n"
         'kill -STOP "$pid"\n(sleep 0.5; kill -9 "$pid") >/dev/null 2>&1 &\n'
     )
     script.chmod(0o755)
