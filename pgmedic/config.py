@@ -83,10 +83,13 @@ def _command(value: Any) -> tuple[str, ...]:
             value = shlex.split(value)
         except ValueError as exc:
             raise ValueError(f"cannot split {shown(value)} into words: {exc}") from None
-    if isinstance(value, tuple):
-        value = list(value)
+    return _program_and_words(list(value) if isinstance(value, tuple) else value, "[/usr/local/sbin/pg-start, main]")
+
+
+def _program_and_words(value: Any, example: str) -> tuple[str, ...]:
+    """VALUE as a command: a non-empty list of words without control characters, the first an executable."""
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise ValueError("expected a command as a list of words, e.g. [/usr/local/sbin/pg-start, main]")
+        raise ValueError(f"expected a command as a list of words, e.g. {example}")
     for word in value:
         refuse_control_characters(word)
     _script(value[0])
@@ -181,14 +184,7 @@ _owner = _account(pwd.getpwnam, "user", " (the owner of the data directory)")
 
 
 def _argv(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise ValueError("expected a command as a list of strings, e.g. [/usr/local/sbin/notify-ksys]")
-    for word in value:
-        refuse_control_characters(word)
-    _script(value[0])
-    return tuple(value)
+    return _program_and_words([value] if isinstance(value, str) else value, "[/usr/local/sbin/notify-ksys]")
 
 
 def _url(value: Any) -> str:
