@@ -27,11 +27,11 @@ import statistics
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from pgmedic.config import load_config
 from pgmedic.demo.sandbox import (
     Cluster,
+    chown_owner,
     free_port,
     http,
     make_temp_dir,
@@ -77,7 +77,7 @@ def main() -> int:
     work = make_temp_dir("pgmedic-bench-managers-")
     template_base = work / "template"
     template_base.mkdir()
-    os.chown(template_base, *_owner_ids(work))
+    chown_owner(template_base)
     debian = new_debian_cluster(f"pgmb{uuid.uuid4().hex[:8]}")
     plain = new_cluster(make_template(template_base), "plain")
     remediator = None
@@ -115,11 +115,6 @@ def main() -> int:
         plain.destroy()
         shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def _owner_ids(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_uid, st.st_gid
 
 
 if __name__ == "__main__":

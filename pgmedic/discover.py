@@ -11,7 +11,6 @@ instance that already watches it, if any.
 from __future__ import annotations
 
 import os
-import pwd
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from .managers import (
     Host,
     ManagerProblem,
     debian_clusters,
+    owner_of,
     postgres_units,
     read_conf,
     unit_data_directories,
@@ -64,13 +64,6 @@ class Found:
 
     def document(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _owner(path: str) -> str | None:
-    try:
-        return pwd.getpwuid(os.stat(path).st_uid).pw_name
-    except (OSError, KeyError):
-        return None
 
 
 def _version(data: str) -> str | None:
@@ -141,7 +134,7 @@ def discover(config: Config, configfiles: list[str], host: Host = HOST) -> list[
             port = port or int(settings.get("port", DEFAULT_PORT))
         except ValueError:
             port = DEFAULT_PORT
-        owner = _owner(real)
+        owner = owner_of(real)
         cfg = InstanceConfig(name, owner or "postgres", "postgres", real, "discover")
         instance = Instance(cfg)
         postmaster = instance.postmaster()

@@ -211,12 +211,16 @@ def debian_clusters(host: Host = HOST) -> list[DebianCluster]:
         lines = (_read_text(os.path.join(config_dir, "start.conf")) or "").splitlines()
         words = [word for line in lines for word in line.split("#")[0].split()]
         start = next((StartPolicy(w) for w in words if w in StartPolicy.__members__.values()), StartPolicy.AUTO)
-        try:
-            owner: str | None = pwd.getpwuid(os.stat(data).st_uid).pw_name
-        except (OSError, KeyError):
-            owner = None
-        out.append(DebianCluster(version, name, config_dir, data, port, socket_dir, log, start, owner))
+        out.append(DebianCluster(version, name, config_dir, data, port, socket_dir, log, start, owner_of(data)))
     return out
+
+
+def owner_of(path: str) -> str | None:
+    """The OS user owning PATH (a data directory), or None when it is missing or its uid has no name."""
+    try:
+        return pwd.getpwuid(os.stat(path).st_uid).pw_name
+    except (OSError, KeyError):
+        return None
 
 
 def _link_or(path: str, default: str) -> str:
